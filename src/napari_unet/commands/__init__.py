@@ -1,0 +1,1 @@
+"""Sub-commands of the ``napari-unet`` console script, one module each."""

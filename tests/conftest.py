@@ -1,0 +1,20 @@
+"""Shared fixtures. GUI tests get napari's ``make_napari_viewer`` from napari's own
+pytest plugin; pytest-xvfb starts the virtual X server for them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("NAPARI_UNET_SHARED_DATA", DEFAULT_SHARED_DATA))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; the test is skipped when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set NAPARI_UNET_SHARED_DATA)")
+    return SHARED_DATA
