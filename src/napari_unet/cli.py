@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-COMMANDS = ("demo", "train", "predict", "bench")
+from . import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"napari_unet.commands.{name}").register(subparsers)
+    for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"{commands.__name__}.{module}").register(subparsers)
     return parser
 
 
