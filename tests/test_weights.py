@@ -187,3 +187,20 @@ def test_matches_plain_definition(labels, sigma):
     assert total.min() >= parts.class_weight.min()
     assert np.all(parts.border[labels > 0] == 0)
     assert np.all(parts.border >= 0)
+
+
+def test_huge_float_and_uint64_ids_are_renumbered():
+    labels = worked_example()
+    as_float = np.where(labels == 2, 1e18, labels).astype(np.float64)
+    as_uint64 = np.where(labels == 2, 2**63 + 5, labels).astype(np.uint64)
+    np.testing.assert_array_equal(weight_map(as_float), weight_map(labels))
+    np.testing.assert_array_equal(weight_map(as_uint64), weight_map(labels))
+
+
+@pytest.mark.shared_data
+def test_matches_plain_definition_on_real_labels(shared_data):
+    tifffile = pytest.importorskip("tifffile")
+    isbi = tifffile.imread(shared_data / "isbi2012/train/labels/slice00.tif")[:192, :192]
+    dsb = sorted((shared_data / "dsb2018/train/labels").glob("*.tif"))[0]
+    for labels in (isbi, tifffile.imread(dsb)):
+        np.testing.assert_allclose(weight_map(labels), plain_weight_map(labels), atol=TOLERANCE)

@@ -167,6 +167,7 @@ def _two_nearest_within(labels: np.ndarray, cutoff: float) -> tuple[np.ndarray, 
     d1 = np.full(shape, np.inf)
     d2 = np.full(shape, np.inf)
     margin = math.ceil(cutoff)
+    sizes = np.bincount(labels.ravel())
     for object_id, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
@@ -174,10 +175,9 @@ def _two_nearest_within(labels: np.ndarray, cutoff: float) -> tuple[np.ndarray, 
             slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape)
         )
         sub = labels[crop]
-        outside = sub != object_id
-        if not np.any(sub[outside]):  # no other object within the cut-off
+        if np.count_nonzero(sub) == sizes[object_id]:  # no other object within the cut-off
             continue
-        distance = ndi.distance_transform_edt(outside)
+        distance = ndi.distance_transform_edt(sub != object_id)
         d1_crop, d2_crop = d1[crop], d2[crop]
         np.minimum(d2_crop, np.maximum(d1_crop, distance), out=d2_crop)
         np.minimum(d1_crop, distance, out=d1_crop)
@@ -217,11 +217,10 @@ def _as_labels(labels) -> np.ndarray:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
     if labels.min() < 0:
         raise ValueError(f"labels must be >= 0 (0 = background), got {labels.min()}.")
-    labels = labels.astype(np.int64, copy=False)
-    if labels.max() > labels.size:  # sparse huge ids: renumber so find_objects stays small
-        _, inverse = np.unique(labels, return_inverse=True)
-        labels = inverse.reshape(labels.shape) + (0 if labels.min() == 0 else 1)
-    return labels
+    if labels.max() > labels.size:  # sparse or huge ids: renumber (order kept, 0 stays 0)
+        values, inverse = np.unique(labels, return_inverse=True)
+        return inverse.reshape(labels.shape) + int(values[0] != 0)
+    return labels.astype(np.intp, copy=False)
 
 
 def _as_mask(mask, shape) -> np.ndarray | None:
