@@ -12,8 +12,9 @@
 The border term is below ``1e-6 * w0`` once ``d1 + d2`` exceeds the cut-off
 ``R = sigma * sqrt(2 * ln(1e6))`` (about 26.3 px for sigma = 5); it is treated as
 exactly 0 there. This bounds the difference to the plain definition by ``1e-6 * w0``
-and lets ``d2`` be computed only within ``R`` of each object: one distance transform
-per object on its bounding box grown by ``R`` instead of on the whole image, which
+(plus float32 rounding) and means distances are only needed within ``R`` of objects
+that have another object within ``R``: one distance transform per such object on its
+bounding box grown by ``R``, instead of one per object on the whole image, which
 makes the cost near-linear in the number of pixels. See docs/weight_map.md.
 """
 
@@ -35,8 +36,8 @@ class WeightMapComponents(NamedTuple):
     class_weight: ``w_c`` (0 outside the mask).
     d1: distance to the nearest object (0 on objects, inf without objects).
     d2: distance to the nearest object other than the nearest one (on an object:
-        to the nearest other object); exact where ``d2 <= cutoff``, inf beyond
-        the cut-off and where fewer than two objects exist.
+        to the nearest other object), given where ``d1 + d2 <= cutoff``; inf
+        elsewhere (beyond the cut-off, or fewer than two objects).
     border: ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` on background pixels inside
         the mask where ``d1 + d2 <= cutoff``, else 0.
     total: ``class_weight + border``: the loss weight.
