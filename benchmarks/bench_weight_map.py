@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         r = time_set(images, args.repeats)
         print(
             f"| {name} | {r['images']} | {r['objects']} | {r['plain_s']:.3f} | "
-            f"{r['fast_s']:.3f} | {r['ratio']:.1f}x | {r["max_abs_diff"]:.2e} |"
+            f"{r['fast_s']:.3f} | {r['ratio']:.1f}x | {r['max_abs_diff']:.2e} |"
         )
     if args.no_scaling:
         return
