@@ -76,7 +76,8 @@ def match_instances(gt: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> Match
     overlap = sparse.coo_matrix(
         (np.ones(gt.size, dtype=np.int64), (gt_index, pred_index)),
         shape=(len(gt_ids), len(pred_ids)),
-    ).tocsr().tocoo()  # duplicates summed: one entry per overlapping pair
+    )
+    overlap.sum_duplicates()  # one entry per overlapping pair
     gt_area = np.bincount(overlap.row, overlap.data, minlength=len(gt_ids))
     pred_area = np.bincount(overlap.col, overlap.data, minlength=len(pred_ids))
     rows, cols, inter = overlap.row, overlap.col, overlap.data
