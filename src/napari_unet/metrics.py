@@ -29,6 +29,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 from skimage.metrics import adapted_rand_error
+from skimage.segmentation import relabel_sequential
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,11 @@ def match_instances(gt: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> Match
     gt_ids, gt_index = _compact(gt)
     pred_ids, pred_index = _compact(pred)
     # contingency table: overlap[i, j] = pixels with gt_ids[i] and pred_ids[j]
-    overlap = sparse.coo_matrix(
+    # (CSR construction sums the per-pixel ones in linear time; COO gives the pairs)
+    overlap = sparse.csr_matrix(
         (np.ones(gt.size, dtype=np.int64), (gt_index, pred_index)),
         shape=(len(gt_ids), len(pred_ids)),
-    )
-    overlap.sum_duplicates()  # one entry per overlapping pair
+    ).tocoo()
     gt_area = np.bincount(overlap.row, overlap.data, minlength=len(gt_ids))
     pred_area = np.bincount(overlap.col, overlap.data, minlength=len(pred_ids))
     rows, cols, inter = overlap.row, overlap.col, overlap.data
@@ -192,7 +193,9 @@ def rand_error(gt: np.ndarray, pred: np.ndarray) -> float:
     gt, pred = _check_pair(gt, pred)
     if not np.any(gt):
         return 0.0
-    pred = pred.astype(np.int64)  # room for the singleton labels below
+    # small consecutive labels keep skimage's contingency table small
+    gt = relabel_sequential(gt.astype(np.int64))[0]
+    pred = relabel_sequential(pred.astype(np.int64))[0]
     background = pred == 0
     pred[background] = pred.max() + 1 + np.arange(np.count_nonzero(background))
     error, _, _ = adapted_rand_error(gt, pred, ignore_labels=(0,))
