@@ -68,7 +68,7 @@ def weight_map(
     Args:
         labels: (Y, X) instance labels (0 = background, objects 1..N; integer
             dtype, or floats with integer values), or a (Z, Y, X) stack of them,
-            treated slice by slice.
+            treated slice by slice (class balance counted per slice).
         w0: amplitude of the border term.
         sigma: width of the border term in pixels.
         class_weights: explicit ``(w_background, w_foreground)``; by default the
@@ -79,7 +79,14 @@ def weight_map(
     Returns:
         float32 weights of the labels' shape.
     """
-    return weight_map_components(labels, w0, sigma, class_weights, mask).total
+    labels, mask, w0, sigma, class_weights = _validate(labels, w0, sigma, class_weights, mask)
+    out = np.empty(labels.shape, np.float32)
+    for index in np.ndindex(labels.shape[:-2]):  # one 2D slice at a time
+        slice_mask = None if mask is None else mask[index]
+        class_weight = _class_weight(labels[index], class_weights, slice_mask)
+        _, _, border = _border_term(labels[index], w0, sigma, slice_mask)
+        out[index] = class_weight + border
+    return out
 
 
 def weight_map_components(
@@ -89,47 +96,32 @@ def weight_map_components(
     class_weights: tuple[float, float] | None = None,
     mask: np.ndarray | None = None,
 ) -> WeightMapComponents:
-    """Like :func:`weight_map`, returning the parts (see :class:`WeightMapComponents`)."""
-    labels = _as_labels(labels)
-    mask = _as_mask(mask, labels.shape)
-    w0, sigma = _as_positive(w0, "w0", allow_zero=True), _as_positive(sigma, "sigma")
-    class_weights = _as_class_weights(class_weights)
-    if labels.ndim == 2:
-        return _components_2d(labels, w0, sigma, class_weights, mask)
-    slices = [
-        _components_2d(labels[z], w0, sigma, class_weights, None if mask is None else mask[z])
-        for z in range(labels.shape[0])
-    ]
-    stacked = [np.stack(parts) for parts in zip(*(s[:5] for s in slices))]
-    return WeightMapComponents(*stacked, cutoff=cutoff_distance(sigma))
+    """Like :func:`weight_map`, returning the parts (see :class:`WeightMapComponents`).
+
+    Costs one more full-image distance transform than :func:`weight_map` (for ``d1``
+    far from objects, which the weight itself does not need).
+    """
+    labels, mask, w0, sigma, class_weights = _validate(labels, w0, sigma, class_weights, mask)
+    cutoff = cutoff_distance(sigma)
+    parts = [np.empty(labels.shape, np.float32) for _ in range(5)]
+    class_weight, d1, d2, border, total = parts
+    for index in np.ndindex(labels.shape[:-2]):
+        slice_mask = None if mask is None else mask[index]
+        class_weight[index] = _class_weight(labels[index], class_weights, slice_mask)
+        near_d1, near_d2, border[index] = _border_term(labels[index], w0, sigma, slice_mask)
+        foreground = labels[index] > 0
+        d1[index] = ndi.distance_transform_edt(~foreground) if foreground.any() else np.inf
+        d2[index] = np.where(near_d1 + near_d2 <= cutoff, near_d2, np.inf)
+        total[index] = class_weight[index] + border[index]
+    return WeightMapComponents(class_weight, d1, d2, border, total, cutoff)
 
 
 # --------------------------------------------------------------------------- 2D
 
 
-def _components_2d(labels, w0, sigma, class_weights, mask) -> WeightMapComponents:
+def _class_weight(labels, class_weights, mask) -> np.ndarray:
+    """Per-pixel w_c (float32), 0 outside the mask."""
     foreground = labels > 0
-    class_weight = _class_weight(foreground, class_weights, mask)
-    cutoff = cutoff_distance(sigma)
-    d1, d2 = _nearest_two_distances(labels, cutoff)
-    border = np.zeros(labels.shape, np.float64)
-    near = (d1 + d2 <= cutoff) & ~foreground
-    if mask is not None:
-        near &= mask
-    border[near] = w0 * np.exp(-((d1[near] + d2[near]) ** 2) / (2.0 * sigma**2))
-    total = class_weight + border
-    return WeightMapComponents(
-        class_weight.astype(np.float32),
-        d1.astype(np.float32),
-        d2.astype(np.float32),
-        border.astype(np.float32),
-        total.astype(np.float32),
-        cutoff,
-    )
-
-
-def _class_weight(foreground, class_weights, mask) -> np.ndarray:
-    """Per-pixel w_c (float64), 0 outside the mask."""
     if class_weights is None:
         inside = foreground if mask is None else foreground[mask]
         n_fg = int(np.count_nonzero(inside))
@@ -139,45 +131,71 @@ def _class_weight(foreground, class_weights, mask) -> np.ndarray:
         else:
             rarer = min(n_fg, n_bg)
             class_weights = (rarer / n_bg, rarer / n_fg)
-    weight = np.where(foreground, class_weights[1], class_weights[0]).astype(np.float64)
+    weight = np.where(foreground, *np.float32(class_weights[::-1]))
     if mask is not None:
         weight[~mask] = 0.0
     return weight
 
 
-def _nearest_two_distances(labels: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-    """d1 (exact everywhere) and d2 (exact where <= cutoff, inf elsewhere), float64."""
+def _border_term(labels, w0, sigma, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d1, d2, border) of one 2D slice, float64.
+
+    d1, d2 are the two smallest object distances over the objects that have another
+    object within the cut-off; they equal the true d1, d2 wherever
+    ``d1 + d2 <= cutoff`` (elsewhere they may be larger, or inf).
+    """
+    cutoff = cutoff_distance(sigma)
+    d1, d2 = _two_nearest_within(labels, cutoff)
+    border = np.zeros(labels.shape, np.float64)
+    near = (d1 + d2 <= cutoff) & (labels == 0)
+    if mask is not None:
+        near &= mask
+    border[near] = w0 * np.exp(-((d1[near] + d2[near]) ** 2) / (2.0 * sigma**2))
+    return d1, d2, border
+
+
+def _two_nearest_within(labels: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and second-smallest object distance where their sum is <= cutoff.
+
+    A pixel x with d1 + d2 <= cutoff is within ``cutoff`` of both objects, which are
+    then within ``cutoff`` of each other. So each object only needs its distance
+    transform on its bounding box grown by ``ceil(cutoff)`` (exact there: the whole
+    object is inside the crop), and only if another object lies in that crop.
+    Running (d1, d2) = two smallest values, merged crop by crop.
+    """
     shape = labels.shape
     d1 = np.full(shape, np.inf)
     d2 = np.full(shape, np.inf)
-    foreground = labels > 0
-    if not foreground.any():
-        return d1, d2
-    d1, indices = ndi.distance_transform_edt(~foreground, return_indices=True)
-    nearest_id = labels[tuple(indices)]
-    del indices
     margin = math.ceil(cutoff)
-    boxes = ndi.find_objects(labels)
-    if sum(box is not None for box in boxes) < 2:
-        return d1, d2
-    for object_id, box in enumerate(boxes, start=1):
+    for object_id, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
-        # every pixel within `cutoff` of the object lies in its box grown by `margin`,
-        # and the distance transform of the crop is exact there (the object is inside)
         crop = tuple(
             slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape)
         )
         sub = labels[crop]
-        distance = ndi.distance_transform_edt(sub != object_id)
-        other = nearest_id[crop] != object_id
-        d2_crop = d2[crop]
-        np.minimum(d2_crop, distance, out=d2_crop, where=other)
-    d2[d2 > cutoff] = np.inf
+        outside = sub != object_id
+        if not np.any(sub[outside]):  # no other object within the cut-off
+            continue
+        distance = ndi.distance_transform_edt(outside)
+        d1_crop, d2_crop = d1[crop], d2[crop]
+        np.minimum(d2_crop, np.maximum(d1_crop, distance), out=d2_crop)
+        np.minimum(d1_crop, distance, out=d1_crop)
     return d1, d2
 
 
 # ------------------------------------------------------------------- validation
+
+
+def _validate(labels, w0, sigma, class_weights, mask):
+    labels = _as_labels(labels)
+    return (
+        labels,
+        _as_mask(mask, labels.shape),
+        _as_positive(w0, "w0", allow_zero=True),
+        _as_positive(sigma, "sigma"),
+        _as_class_weights(class_weights),
+    )
 
 
 def _as_labels(labels) -> np.ndarray:
