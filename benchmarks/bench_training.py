@@ -146,7 +146,8 @@ def accuracy(args) -> None:
         if "preview_model" in record:
             snapshots.append((record["elapsed"] / 60, record.pop("preview_model")))
         if "val" in record:
-            print(f"  {record['elapsed'] / 60:5.2f} min step {record['iteration']}: {record['val']}")
+            minutes = record["elapsed"] / 60
+            print(f"  {minutes:5.2f} min step {record['iteration']}: {record['val']}")
         records.append({k: v for k, v in record.items() if k != "preview_model"})
     print(f"trained {records[-1]['iteration']} steps in {records[-1]['elapsed']:.0f} s")
     curve = []

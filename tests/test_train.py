@@ -61,7 +61,7 @@ def test_records_and_budget_by_iterations(pairs):
 def test_budget_by_minutes_stops_in_time(pairs):
     settings = TINY.replace(iterations=None, minutes=1.5 / 60)
     records, _ = drain(train_iter(*pairs, settings=settings))
-    assert 1.4 < records[-1]["elapsed"] < 4.0
+    assert 1.4 < records[-1]["elapsed"] < 10.0  # one step past the budget at most
 
 
 def test_should_stop_ends_between_steps_and_saves_loadable_models(pairs, tmp_path):

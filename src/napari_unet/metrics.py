@@ -73,10 +73,14 @@ def match_instances(gt: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> Match
     gt_ids, gt_index = _compact(gt)
     pred_ids, pred_index = _compact(pred)
     # contingency table: overlap[i, j] = pixels with gt_ids[i] and pred_ids[j]
-    overlap = sparse.coo_matrix(
-        (np.ones(gt.size, dtype=np.int64), (gt_index, pred_index)),
-        shape=(len(gt_ids), len(pred_ids)),
-    ).tocsr().tocoo()  # duplicates summed: one entry per overlapping pair
+    overlap = (
+        sparse.coo_matrix(
+            (np.ones(gt.size, dtype=np.int64), (gt_index, pred_index)),
+            shape=(len(gt_ids), len(pred_ids)),
+        )
+        .tocsr()
+        .tocoo()
+    )  # duplicates summed: one entry per overlapping pair
     gt_area = np.bincount(overlap.row, overlap.data, minlength=len(gt_ids))
     pred_area = np.bincount(overlap.col, overlap.data, minlength=len(pred_ids))
     rows, cols, inter = overlap.row, overlap.col, overlap.data

@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
 
 from .augment import AugmentSettings, augment
 from .config import ModelInfo, UNetConfig
 from .data import Plane, WeightCache, prepare_planes, split_validation
 from .model import UNet
+from .postprocess import labels_from_probabilities
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -253,11 +252,10 @@ def predict_plane(
 
 
 def probabilities_to_labels(probs: np.ndarray, task: str, gap: int) -> np.ndarray:
-    """Instance: connected components of the foreground grown by ``gap``; semantic: argmax+1."""
-    if task == "semantic":
-        return (probs.argmax(0) + 1).astype(np.int32)
-    components, _ = ndi.label(probs[1] > 0.5)
-    return expand_labels(components, gap) if gap else components
+    """Labels as the user paints them: instances grown back by ``gap`` (as
+    :func:`napari_unet.predict.segment` does), semantic classes as 1 = background, 2.."""
+    labels = labels_from_probabilities(probs, task=task, expand=gap)
+    return labels + 1 if task == "semantic" else labels
 
 
 def evaluate(
