@@ -126,6 +126,8 @@ def test_split_validation_by_planes_and_by_rows():
     planes, _, _ = prepare_planes([labels.astype(float)] * 5, [labels] * 5)
     train, val = split_validation(planes, 0.2, np.random.default_rng(0))
     assert len(train) == 4 and len(val) == 1
+    train, val = split_validation(planes, 0.6, np.random.default_rng(0), max_planes=2)
+    assert len(train) == 3 and len(val) == 2
     (single,), _, _ = prepare_planes([labels.astype(float)], [labels])
     (train,), (val,) = split_validation([single], 0.25, np.random.default_rng(0))
     train_rows = np.flatnonzero((train.weight > 0).any(1))

@@ -275,9 +275,9 @@ def prepare_planes(
 
 
 def split_validation(
-    planes: list[Plane], fraction: float, rng: np.random.Generator
+    planes: list[Plane], fraction: float, rng: np.random.Generator, max_planes: int | None = None
 ) -> tuple[list[Plane], list[Plane]]:
-    """Hold out ``fraction`` of the planes for validation (at least one when possible).
+    """Hold out ``fraction`` of the planes (at least one, at most ``max_planes``) for validation.
 
     With a single plane, a band of its annotated area (``fraction`` of the rows
     containing weight) is held out instead: its weights go to 0 in the training
@@ -287,6 +287,7 @@ def split_validation(
         return planes, []
     if len(planes) >= 2:
         n_val = min(len(planes) - 1, max(1, round(fraction * len(planes))))
+        n_val = min(n_val, max_planes) if max_planes else n_val
         order = rng.permutation(len(planes))
         val = {int(i) for i in order[:n_val]}
         return (

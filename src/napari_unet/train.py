@@ -61,7 +61,7 @@ class TrainSettings:
         augment: augmentation strengths.
         val_fraction: share of planes (or of the rows of a single plane) held out.
         val_every_s / val_every: validate every so many seconds and/or steps.
-        val_max_planes: at most this many held-out planes are evaluated.
+        val_max_planes: at most this many planes are held out.
         preview_every_s: put a ``preview_model`` snapshot in a record this often.
         refresh_every_s: call ``refresh`` this often.
         device: "auto", "cpu", "cuda", "mps", ...
@@ -429,9 +429,10 @@ def train_iter(
             n_classes=n_classes, cache=cache,
         )  # fmt: skip
         train_planes, val_planes = split_validation(
-            planes, settings.val_fraction, np.random.default_rng(settings.seed)
-        )
-        return train_planes, val_planes[: settings.val_max_planes], channels, classes
+            planes, settings.val_fraction, np.random.default_rng(settings.seed),
+            settings.val_max_planes,
+        )  # fmt: skip
+        return train_planes, val_planes, channels, classes
 
     train_planes, val_planes, in_channels, n_classes = load(images, labels, masks)
     model = _initial_model(init_model, settings, in_channels, n_classes, mode, device)
