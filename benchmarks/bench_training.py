@@ -136,6 +136,7 @@ def accuracy(args) -> None:
     print(f"machine: {machine()}")
     print(f"{len(train_pairs)} training / {len(held_out)} held-out images; settings {changes}")
     snapshots, records = [], []
+    begin = time.perf_counter()
     run = train_iter([p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings)
     while True:
         try:
@@ -143,6 +144,9 @@ def accuracy(args) -> None:
         except StopIteration as stop:
             final = stop.value
             break
+        if not records:
+            prep_s = time.perf_counter() - begin - record["elapsed"]
+            print(f"data preparation (targets, weight maps): {prep_s:.0f} s")
         if "preview_model" in record:
             snapshots.append((record["elapsed"] / 60, record.pop("preview_model")))
         if "val" in record:
@@ -160,6 +164,7 @@ def accuracy(args) -> None:
         "data": str(args.data),
         "settings": settings.to_dict(),
         "steps": records[-1]["iteration"],
+        "prep_s": prep_s,
         "curve": curve,
         "loss": [(r["elapsed"], r["loss"]) for r in records[:: max(1, len(records) // 500)]],
         "val": [r["val"] | {"elapsed": r["elapsed"]} for r in records if "val" in r],

@@ -60,7 +60,8 @@ class TrainSettings:
         normalization: percentiles mapped to 0 and 1 (stored in the model).
         augment: augmentation strengths.
         val_fraction: share of planes (or of the rows of a single plane) held out.
-        val_every_s / val_every: validate every so many seconds and/or steps.
+        val_every_s / val_every: validate every so many seconds (stretched so that
+            validation takes at most ~10 % of the time) and/or steps.
         val_max_planes: at most this many planes are held out.
         preview_every_s: put a ``preview_model`` snapshot in a record this often.
         refresh_every_s: call ``refresh`` this often.
@@ -467,7 +468,8 @@ def train_iter(
     best_score, best_state, best_metrics = -math.inf, None, None
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    last_val = last_preview = last_refresh = start
+    last_preview = last_refresh = start
+    next_val = start + (settings.val_every_s or math.inf)
     iteration, loss_value = 0, float("nan")
 
     def progress_now() -> float:
@@ -527,11 +529,13 @@ def train_iter(
             "elapsed": now - start,
             "progress": progress_now(),
         }
-        due_time = settings.val_every_s is not None and now - last_val >= settings.val_every_s
+        due_time = now >= next_val
         due_step = settings.val_every is not None and iteration % settings.val_every == 0
         if val_planes and (due_time or due_step):
             record["val"] = validate()
-            last_val = now = time.perf_counter()
+            spent, now = time.perf_counter() - now, time.perf_counter()
+            # validation takes at most ~10 % of the time, however slow it is
+            next_val = now + max(settings.val_every_s or math.inf, 9 * spent)
         if now - last_preview >= settings.preview_every_s:
             last_preview = now
             record["preview_model"] = _snapshot(model)
