@@ -197,8 +197,12 @@ class TileSource:
         self.images = [torch.from_numpy(p.image).to(device) for p in planes]
         self.targets = [torch.from_numpy(p.target).to(device) for p in planes]
         self.weights = [torch.from_numpy(p.weight).to(device) for p in planes]
-        self.annotated = [np.flatnonzero(p.weight > 0) for p in planes]
-        counts = np.array([a.size for a in self.annotated], dtype=float)
+        # flat indices of annotated pixels (None: the whole plane is annotated)
+        self.annotated = [_annotated_pixels(p.weight) for p in planes]
+        counts = np.array(
+            [p.weight.size if a is None else a.size for p, a in zip(planes, self.annotated)],
+            dtype=float,
+        )
         if not counts.sum():
             raise ValueError("the training region has no annotated pixel")
         self.plane_probability = counts / counts.sum()
@@ -209,7 +213,11 @@ class TileSource:
         images, targets, weights = [], [], []
         for index in self.rng.choice(len(self.images), size=batch, p=self.plane_probability):
             height, width = self.shapes[index]
-            centre = self.rng.choice(self.annotated[index])
+            annotated = self.annotated[index]
+            if annotated is None:
+                centre = self.rng.integers(height * width)
+            else:
+                centre = self.rng.choice(annotated)
             cy, cx = divmod(int(centre), width)
             rows = torch.from_numpy(_mirror_index(cy - patch // 2, patch, height)).to(self.device)
             cols = torch.from_numpy(_mirror_index(cx - patch // 2, patch, width)).to(self.device)
@@ -217,6 +225,11 @@ class TileSource:
             targets.append(self.targets[index][rows][:, cols])
             weights.append(self.weights[index][rows][:, cols])
         return torch.stack(images), torch.stack(targets), torch.stack(weights)
+
+
+def _annotated_pixels(weight: np.ndarray) -> np.ndarray | None:
+    inside = weight > 0
+    return None if inside.all() else np.flatnonzero(inside).astype(np.int32)
 
 
 def weighted_cross_entropy(
