@@ -225,3 +225,17 @@ def test_matches_plain_definition_on_real_labels(shared_data):
     dsb = sorted((shared_data / "dsb2018/train/labels").glob("*.tif"))[0]
     for labels in (isbi, tifffile.imread(dsb)):
         np.testing.assert_allclose(weight_map(labels), plain_weight_map(labels), atol=TOLERANCE)
+
+
+def test_many_touching_objects_match_plain_definition():
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(12 * 12) + 1  # 144 objects in a grid, shuffled ids
+    labels = np.kron(cells.reshape(12, 12), np.ones((9, 9), int))  # 108 x 108, all touching
+    labels[rng.random(labels.shape) < 0.15] = 0  # background speckle between them
+    labels[:, ::9] = 0  # and one-pixel gaps between columns
+    np.testing.assert_allclose(weight_map(labels), plain_weight_map(labels), atol=TOLERANCE)
+
+
+def test_empty_mask_gives_zero_weight():
+    w = weight_map(worked_example(), mask=np.zeros((40, 40), bool))
+    assert np.all(w == 0)
