@@ -116,8 +116,9 @@ def evaluate_held_out(model, held_out) -> dict[str, float]:
     from napari_unet.predict import segment
 
     gts, preds = [], []
+    expand = model.info.training.get("gap", 1)  # grow objects back by the training gap
     for image, labels in held_out:
-        preds.append(segment(model, image))
+        preds.append(segment(model, image, expand=expand))
         gts.append(labels)
     return {
         "ap50": metrics.average_precision(gts, preds, iou=0.5),
