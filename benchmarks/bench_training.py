@@ -81,7 +81,7 @@ def engine_steps(settings: TrainSettings, image, labels, steps: int) -> float:
 
 def throughput(args) -> None:
     settings = PRESETS["fast"].replace(
-        minutes=None, val_fraction=0.0, preview_every_s=1e9, tile_size=args.tile
+        minutes=None, iterations=1, val_fraction=0.0, preview_every_s=1e9, tile_size=args.tile
     )
     image, labels = make_sample((512, 512), n_objects=120, seed=0)
     print(f"machine: {machine()}")
