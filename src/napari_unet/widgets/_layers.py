@@ -143,20 +143,21 @@ def image_input(layer: Image, in_channels: int) -> ImageInput:
         )
     spatial_axes = tuple(a for a in range(ndim) if a != channel_axis)
     if len(spatial_axes) not in (2, 3):
-        raise BadChoice(
-            f"image '{layer.name}' of shape {shape} is not 2D or a stack of 2D planes"
-        )
-    # layer.scale covers the displayed axes: all of them, or all but RGB's colour axis
-    layer_axes = range(ndim - 1) if layer.rgb else range(ndim)
+        raise BadChoice(f"image '{layer.name}' of shape {shape} is not 2D or a stack of 2D planes")
+    return ImageInput(data, channel_axis, spatial_axes, *axes_placement(layer, spatial_axes))
+
+
+def axes_placement(layer: Layer, axes: tuple[int, ...]) -> tuple[tuple[float, ...], ...]:
+    """(scale, translate) of the given data axes of ``layer``.
+
+    ``layer.scale`` covers the layer's dimensions: every data axis, except the
+    colour axis of an RGB image, which is last.
+    """
+    ndim = len(layer_data(layer).shape)
+    layer_axes = range(ndim - 1) if getattr(layer, "rgb", False) else range(ndim)
     scale = dict(zip(layer_axes, layer.scale))
     translate = dict(zip(layer_axes, layer.translate))
-    return ImageInput(
-        data,
-        channel_axis,
-        spatial_axes,
-        tuple(float(scale[a]) for a in spatial_axes),
-        tuple(float(translate[a]) for a in spatial_axes),
-    )
+    return tuple(float(scale[a]) for a in axes), tuple(float(translate[a]) for a in axes)
 
 
 # -- output layers ------------------------------------------------------------------------
@@ -192,8 +193,8 @@ def show_output(
     place and, of ``kwargs``, only those named in ``update`` (the user's other
     display settings stay); otherwise it is replaced.
     ``placement`` (default ``source``; a layer or an :class:`ImageInput`) gives the
-    scale and translation of the output's axes, so it lies on top of its input; ``kwargs`` go to ``viewer.add_image`` /
-    ``viewer.add_labels``.
+    scale and translation of the output's axes, so it lies on top of its input;
+    ``kwargs`` go to ``viewer.add_image`` / ``viewer.add_labels``.
     """
     layer_type = {"image": Image, "labels": Labels}[kind]
     old = find_output(viewer, role, source.name)

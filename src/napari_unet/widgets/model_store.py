@@ -18,7 +18,7 @@ class ModelStore:
 
     Attributes:
         model: a ``UNet`` or None.
-        source: e.g. "trained on cells (2 min, 400 steps)" or "file unet.safetensors".
+        source: e.g. "trained on cells (2 min, 400 steps)" or "file unet.unet".
         changed: psygnal signal emitted (no arguments) whenever the model changes.
     """
 
