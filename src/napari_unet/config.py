@@ -56,6 +56,14 @@ class UNetConfig:
             raise ValueError(f"unknown UNetConfig fields: {sorted(unknown)}")
         return cls(**data)
 
+    def check_channels(self, n_channels: int) -> None:
+        """Raise ValueError unless an image with ``n_channels`` channels fits this network."""
+        if n_channels != self.in_channels:
+            raise ValueError(
+                f"the model expects images with {self.in_channels} channel(s) but this image "
+                f"has {n_channels}; choose the image (or channel axis) the model was trained on"
+            )
+
     # -- size arithmetic -----------------------------------------------------------
     @property
     def pool_factor(self) -> int:
@@ -164,6 +172,22 @@ class ModelInfo:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if len(self.class_names) < 2:
+            raise ValueError(f"class_names needs at least 2 names, got {self.class_names!r}")
+        low, high = self.normalization.get("low"), self.normalization.get("high")
+        if low is None or high is None or not 0 <= low < high <= 100:
+            raise ValueError(
+                "normalization must give percentiles 0 <= low < high <= 100, "
+                f"got {self.normalization!r}"
+            )
+
+    @classmethod
+    def default_for(cls, n_classes: int) -> ModelInfo:
+        """Info for an untrained network: instance task for 2 classes, else semantic."""
+        if n_classes == 2:
+            return cls()
+        names = ["background", *(f"class {i}" for i in range(1, n_classes))]
+        return cls(task="semantic", class_names=names)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

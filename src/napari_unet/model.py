@@ -59,6 +59,15 @@ def center_crop(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Te
     return x[..., top : top + size[0], left : left + size[1]]
 
 
+def fan_in(module: nn.Conv2d | nn.ConvTranspose2d) -> int:
+    """Inputs feeding one output neuron (He et al.'s N) of a (transposed) convolution."""
+    k_h, k_w = module.kernel_size
+    if isinstance(module, nn.ConvTranspose2d):
+        s_h, s_w = module.stride
+        return module.in_channels * -(-k_h // s_h) * -(-k_w // s_w)
+    return module.in_channels * k_h * k_w
+
+
 class UNet(nn.Module):
     """U-Net mapping (N, in_channels, H, W) to (N, n_classes, H - s, W - s) logits.
 
@@ -73,7 +82,12 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig | None = None, info: ModelInfo | None = None) -> None:
         super().__init__()
         self.config = config = config or UNetConfig()
-        self.info = info or ModelInfo()
+        self.info = info = info or ModelInfo.default_for(config.n_classes)
+        if len(info.class_names) != config.n_classes:
+            raise ValueError(
+                f"ModelInfo names {len(info.class_names)} classes but the network has "
+                f"n_classes={config.n_classes}"
+            )
         widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
 
         self.inc = DoubleConv(config.in_channels, widths[0])
@@ -84,11 +98,15 @@ class UNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation: normal, std sqrt(2 / (k * k * C_in)), zero bias."""
+        """He initialisation (paper, Sec. 3): normal, std sqrt(2 / N), zero bias.
+
+        N is the number of inputs of one output neuron: k * k * C_in for a
+        convolution; for the 2x2 stride-2 up-convolution each output pixel sees
+        one input pixel, so N = C_in there.
+        """
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                k_h, k_w = module.kernel_size
-                std = math.sqrt(2.0 / (k_h * k_w * module.in_channels))
+                std = math.sqrt(2.0 / fan_in(module))
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 nn.init.zeros_(module.bias)
 
@@ -96,11 +114,7 @@ class UNet(nn.Module):
         """Raise ValueError unless ``x`` is (N, in_channels, H, W) with valid H and W."""
         if x.ndim != 4:
             raise ValueError(f"UNet expects (N, C, H, W) input, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"this model takes {self.config.in_channels} input channel(s), "
-                f"the image has {x.shape[1]}"
-            )
+        self.config.check_channels(x.shape[1])
         for size in x.shape[-2:]:
             if not self.config.is_valid_input(size):
                 raise ValueError(self.config._invalid_message(size))

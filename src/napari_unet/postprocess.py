@@ -1,0 +1,108 @@
+"""Class probabilities -> label images (numpy, scipy, scikit-image; no torch).
+
+Instance models predict background (class 0) and foreground (class 1); training
+keeps a 1-2 px background gap between touching objects, so connected components of
+the foreground separate them, and growing each component by ``expand`` px
+(:func:`skimage.segmentation.expand_labels`) gives the pixels of that gap back.
+Semantic models give one class id per pixel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.measure import label as connected_labels
+from skimage.segmentation import expand_labels, relabel_sequential
+
+DEFAULT_MIN_SIZE = 10  # px; smaller foreground specks are dropped
+DEFAULT_EXPAND = 1  # px each object grows: two objects 2 px apart touch again
+
+
+def labels_from_probabilities(
+    probs: np.ndarray,
+    *,
+    task: str = "instance",
+    min_size: int = DEFAULT_MIN_SIZE,
+    expand: int = DEFAULT_EXPAND,
+) -> np.ndarray:
+    """int32 labels (Y, X) from probabilities (n_classes, Y, X).
+
+    Args:
+        task: "instance" (objects 1..N from the foreground, class 1) or "semantic"
+            (argmax class ids, 0 = background).
+        min_size: instance objects with fewer predicted foreground px are dropped.
+        expand: px each instance object grows into the background (0: none).
+    """
+    if probs.ndim != 3 or probs.shape[0] < 2:
+        raise ValueError(f"expected probabilities (n_classes >= 2, Y, X), got {probs.shape}")
+    classes = np.argmax(probs, axis=0)
+    if task == "semantic":
+        return classes.astype(np.int32)
+    if task != "instance":
+        raise ValueError(f"task must be 'instance' or 'semantic', got {task!r}")
+    return instances_from_foreground(classes == 1, min_size=min_size, expand=expand)
+
+
+def instances_from_foreground(
+    foreground: np.ndarray, *, min_size: int = DEFAULT_MIN_SIZE, expand: int = DEFAULT_EXPAND
+) -> np.ndarray:
+    """int32 objects 1..N: 4-connected components of a 2D bool mask, small ones dropped,
+    the rest grown by ``expand`` px without merging."""
+    if min_size < 0 or expand < 0:
+        raise ValueError(f"min_size and expand must be >= 0, got {min_size} and {expand}")
+    labels = connected_labels(foreground, connectivity=1).astype(np.int32)
+    if min_size > 1 and labels.max() > 0:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels[small[labels]] = 0
+        labels = relabel_sequential(labels)[0].astype(np.int32)
+    if expand > 0 and labels.max() > 0:
+        labels = expand_labels(labels, distance=expand).astype(np.int32)
+    return labels
+
+
+def join_slices(labels: np.ndarray) -> np.ndarray:
+    """Give objects that overlap between neighbouring slices of a (Z, Y, X) stack one id.
+
+    Ids are renumbered 1..N in order of first appearance; background stays 0.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"join_slices needs a (Z, Y, X) stack, got shape {labels.shape}")
+    n = int(labels.max()) + 1
+    upper, lower = labels[:-1].ravel(), labels[1:].ravel()
+    both = (upper > 0) & (lower > 0)
+    links = coo_matrix(
+        (np.ones(int(both.sum()), dtype=np.int8), (upper[both], lower[both])), shape=(n, n)
+    )
+    _, component = connected_components(links, directed=False)
+    joined = np.where(labels > 0, component[labels] + 1, 0)
+    return relabel_sequential(joined.astype(np.int64))[0].astype(np.int32)
+
+
+def labels_from_stack_probabilities(
+    probs: np.ndarray,
+    *,
+    task: str = "instance",
+    min_size: int = DEFAULT_MIN_SIZE,
+    expand: int = DEFAULT_EXPAND,
+    join: bool = False,
+) -> np.ndarray:
+    """int32 labels (Y, X) or (Z, Y, X) from probabilities (n_classes, Y, X) or
+    (n_classes, Z, Y, X): slice by slice, instance ids unique across the stack;
+    ``join`` gives objects that overlap in neighbouring slices one id."""
+    if probs.ndim == 3:
+        return labels_from_probabilities(probs, task=task, min_size=min_size, expand=expand)
+    if probs.ndim != 4:
+        raise ValueError(f"expected probabilities (n_classes, [Z,] Y, X), got {probs.shape}")
+    labels = np.zeros(probs.shape[1:], dtype=np.int32)
+    offset = 0
+    for z in range(probs.shape[1]):
+        plane = labels_from_probabilities(probs[:, z], task=task, min_size=min_size, expand=expand)
+        if task == "instance":
+            plane[plane > 0] += offset
+            offset = max(offset, int(plane.max()))
+        labels[z] = plane
+    return join_slices(labels) if join and task == "instance" else labels

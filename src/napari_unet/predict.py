@@ -1,0 +1,368 @@
+"""Overlap-tile inference (torch engine): probabilities and label images of any size.
+
+:func:`predict_iter` normalises each 2D plane with the model's stored percentiles
+(computed once per plane), cuts it into mirrored overlap tiles
+(:mod:`napari_unet.tiling`), runs the network on batches of tiles and stitches the
+softmax outputs; it yields ``(done, total)`` tiles and returns float32
+probabilities ``(n_classes, *spatial)``. :func:`segment_iter` turns them into labels
+(:mod:`napari_unet.postprocess`). Both accept numpy, dask and zarr images; lazy
+images are read tile by tile and ``out=`` writes the result tile by tile (probabilities)
+or plane by plane (labels), so memory stays bounded.
+
+Defaults per device (tile size, precision, memory format, batch) were chosen by
+measurement: see docs/inference.md and benchmarks/bench_inference.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import postprocess
+from .devices import choose_device, empty_cache
+from .normalization import normalize, percentile_range
+from .tiling import auto_tile_size, read_tile, tile_layout
+
+Progress = Generator[tuple[int, int], None, np.ndarray]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """Settings used when the caller leaves them at None (measured, docs/inference.md)."""
+
+    max_tile: int  # largest automatic input tile edge, px
+    precision: str  # "fp32", "bf16" or "fp16"
+    channels_last: bool
+    batch_size: int
+
+
+DEFAULTS = {
+    "cpu": DeviceDefaults(max_tile=1212, precision="bf16", channels_last=True, batch_size=1),
+    "cuda": DeviceDefaults(max_tile=1052, precision="bf16", channels_last=True, batch_size=4),
+    "mps": DeviceDefaults(max_tile=572, precision="fp16", channels_last=False, batch_size=1),
+}
+
+
+def _notice(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# -- image layout ----------------------------------------------------------------------
+def as_planes(image, in_channels: int, channel_axis: int | None = None):
+    """View ``image`` as ``(planes, C, Y, X)`` without reading it.
+
+    Returns:
+        (array, spatial): a numpy view or a dask array of shape (Z, C, Y, X), and the
+        image's spatial shape ((Y, X) or (Z, Y, X)) that results keep.
+
+    Raises:
+        ValueError: empty or non-numeric image, wrong channel count, unsupported ndim,
+            a spatial edge below 2 px (mirror padding needs two pixels).
+    """
+    if isinstance(image, np.ndarray) or not hasattr(image, "shape"):
+        image, xp = np.asarray(image), np
+    else:  # dask, zarr or another lazy array: wrap in dask, read nothing yet
+        import dask.array as xp
+
+        if not hasattr(image, "dask"):
+            image = xp.from_array(image, chunks=getattr(image, "chunks", "auto"))
+    shape, dtype = tuple(image.shape), np.dtype(image.dtype)
+    if 0 in shape or not shape:
+        raise ValueError(f"the image is empty (shape {shape})")
+    real = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    if not (real or dtype.kind == "b"):
+        raise ValueError(f"the image must hold real numbers, got dtype {dtype}")
+    if channel_axis is not None:
+        if not -image.ndim <= channel_axis < image.ndim:
+            raise ValueError(f"channel_axis {channel_axis} is out of range for shape {shape}")
+        image = xp.moveaxis(image, channel_axis, 0)
+    elif in_channels > 1:
+        if image.ndim < 3 or shape[-1] != in_channels:
+            raise ValueError(
+                f"this model takes {in_channels} input channels but the image of shape "
+                f"{shape} has no last axis of that length; name its channel_axis"
+            )
+        image = xp.moveaxis(image, -1, 0)
+    elif image.ndim == 3 and shape[-1] in (3, 4):
+        raise ValueError(
+            f"the image of shape {shape} looks like RGB(A) but this model takes 1 input "
+            "channel; convert it to grey first (or pass channel_axis for a 1-channel axis)"
+        )
+    else:
+        image = image[None]
+    channels, spatial = image.shape[0], tuple(image.shape[1:])
+    if channels != in_channels:
+        raise ValueError(
+            f"this model takes {in_channels} input channel(s), the image has {channels}"
+        )
+    if len(spatial) not in (2, 3):
+        raise ValueError(
+            f"expected a 2D image or a stack of 2D planes (plus channels), got shape {shape}"
+        )
+    if min(spatial[-2:]) < 2:
+        raise ValueError(
+            f"the image is too small to segment: its spatial shape {spatial} needs at least "
+            "2 px per edge (mirror padding reflects about the edge pixel)"
+        )
+    planes = image[None] if len(spatial) == 2 else xp.moveaxis(image, 1, 0)
+    return planes, spatial
+
+
+@dataclass
+class _Run:
+    """Resolved settings of one inference run."""
+
+    device: torch.device
+    precision: str
+    memory_format: torch.memory_format
+    batch: int
+    tile: int
+
+
+def _resolve(model, plane_shape, tile_size, batch_size, device, precision, channels_last) -> _Run:
+    run_device = choose_device(device)
+    defaults = DEFAULTS.get(run_device.type, DEFAULTS["cpu"])
+    precision = precision or defaults.precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    batch = defaults.batch_size if batch_size is None else int(batch_size)
+    if batch < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    config = model.config
+    tile = int(tile_size) if tile_size else auto_tile_size(plane_shape, config, defaults.max_tile)
+    tile_layout(plane_shape, tile, config)  # validates tile_size before any work
+    use_cl = defaults.channels_last if channels_last is None else channels_last
+    memory_format = torch.channels_last if use_cl else torch.contiguous_format
+    return _Run(run_device, precision, memory_format, batch, tile)
+
+
+# -- engine ----------------------------------------------------------------------------
+def predict_iter(
+    model: torch.nn.Module,
+    image,
+    *,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    channel_axis: int | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    out=None,
+    on_notice: Callable[[str], None] | None = None,
+) -> Progress:
+    """Class probabilities of ``image`` by overlap-tile inference.
+
+    Args:
+        model: a :class:`~napari_unet.model.UNet` (not modified: a copy runs in eval mode).
+        image: (Y, X), (Z|T, Y, X), with channels (RGB last, or ``channel_axis``) when the
+            model takes several; numpy, dask or zarr; any real dtype.
+        tile_size: input tile edge in px (a valid input size, e.g. 572); None picks the
+            one computing the fewest pixels up to the device's maximum.
+        batch_size: tiles per forward pass (None: device default).
+        device: "cpu", "cuda[:N]", "mps" or None (CUDA, then MPS, then CPU).
+        channel_axis: axis of ``image`` holding channels (None: last axis for RGB).
+        precision: "fp32", "bf16" or "fp16" autocast (None: device default; fp32 is exact).
+        channels_last: NHWC memory format (None: device default).
+        out: optional array (e.g. zarr) of shape (n_classes, *spatial) written tile by tile.
+        on_notice: called with a message when settings change (OOM); default warns.
+
+    Yields:
+        (done, total) tiles.
+
+    Returns:
+        float32 probabilities (n_classes, *spatial); ``out`` itself when given.
+    """
+    planes, spatial = as_planes(image, model.config.in_channels, channel_axis)
+    expected = (model.config.n_classes, *spatial)
+    if out is not None and tuple(out.shape) != expected:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {expected}")
+    run = _resolve(model, spatial[-2:], tile_size, batch_size, device, precision, channels_last)
+    result = np.empty(expected, dtype=np.float32) if out is None else out
+
+    def write(z, tile, probs):
+        where = (
+            (z, tile.out_rows, tile.out_cols)
+            if len(spatial) == 3
+            else (tile.out_rows, tile.out_cols)
+        )
+        result[(slice(None), *where)] = probs
+
+    yield from _tiled_inference(model, planes, run, write, on_notice or _notice)
+    return result
+
+
+def _tiled_inference(model, planes, run: _Run, write, notice, plane_done=None):
+    """Run the network over every tile of every plane; yields (done, total) tiles.
+
+    ``write(z, tile, probs)`` receives each output tile's probabilities (n_classes, h, w)
+    cropped to the image; ``plane_done(z)`` is called after each plane.
+    """
+    config = model.config
+    check_all = isinstance(planes, np.ndarray) and np.issubdtype(planes.dtype, np.floating)
+    if check_all and not np.isfinite(planes).all():
+        raise ValueError("the image contains NaN or infinite pixels")
+    net = copy.deepcopy(model).eval().to(run.device, memory_format=run.memory_format)
+    autocast = (
+        torch.autocast(run.device.type, dtype=PRECISIONS[run.precision])
+        if run.precision != "fp32"
+        else contextlib.nullcontext()
+    )
+    if run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    low, high = model.info.normalization["low"], model.info.normalization["high"]
+    layout = tile_layout(planes.shape[-2:], run.tile, config)
+    done, total = 0, len(layout) * len(planes)
+    yield done, total
+    try:
+        for z in range(len(planes)):
+            plane = planes[z]
+            lo_hi = percentile_range(plane, low, high)
+            if not np.isfinite(np.concatenate(lo_hi)).all():
+                raise ValueError("the image contains NaN or infinite pixels")
+            plane_start = done
+            while True:  # repeated only after running out of memory
+                try:
+                    for tiles in _batches(layout, run.batch):
+                        probs = _forward(net, plane, tiles, lo_hi, run, autocast, not check_all)
+                        for tile, p in zip(tiles, probs):
+                            write(z, tile, p[:, tile.crop_rows, tile.crop_cols])
+                        done += len(tiles)
+                        yield done, total
+                    break
+                except torch.OutOfMemoryError:
+                    empty_cache(run.device)
+                    layout = _shrink_after_oom(run, layout, config, notice)
+                    done = plane_start
+                    total = plane_start + len(layout) * (len(planes) - z)
+            if plane_done is not None:
+                plane_done(z)
+    finally:
+        del net
+        empty_cache(run.device)
+
+
+def _batches(layout, batch: int):
+    tiles = list(layout)
+    for start in range(0, len(tiles), batch):
+        yield tiles[start : start + batch]
+
+
+def _forward(net, plane, tiles, lo_hi, run: _Run, autocast, check_finite: bool) -> np.ndarray:
+    """Normalised input tiles -> softmax probabilities (B, n_classes, h, w) as numpy."""
+    batch = np.stack([normalize(read_tile(plane, t.rows, t.cols), lo_hi=lo_hi) for t in tiles])
+    if check_finite and not np.isfinite(batch).all():
+        raise ValueError("the image contains NaN or infinite pixels")
+    x = torch.from_numpy(batch).to(run.device).contiguous(memory_format=run.memory_format)
+    with torch.inference_mode(), autocast:
+        logits = net(x)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def _shrink_after_oom(run: _Run, layout, config, notice):
+    """Halve the batch, else the output tile; returns the layout to restart the plane with."""
+    if run.batch > 1:
+        run.batch //= 2
+        notice(f"out of memory: continuing with {run.batch} tile(s) per batch")
+        return layout
+    smallest = config.input_size_for_output(config.pool_factor)
+    tile = max(layout.tile_shape)
+    half = max(smallest, config.input_size_for_output(max(1, config.output_size(tile) // 2)))
+    if half >= tile:
+        raise MemoryError(
+            f"out of memory even with one {tile} px tile per batch; "
+            "use a smaller tile_size or another device"
+        )
+    run.tile = half
+    notice(f"out of memory: continuing with {half} px tiles")
+    return tile_layout((layout.y.length, layout.x.length), half, config)
+
+
+def predict(model, image, **kwargs) -> np.ndarray:
+    """:func:`predict_iter` without progress: float32 probabilities (n_classes, *spatial)."""
+    return _drain(predict_iter(model, image, **kwargs))
+
+
+def segment_iter(
+    model,
+    image,
+    *,
+    min_size: int = postprocess.DEFAULT_MIN_SIZE,
+    expand: int = postprocess.DEFAULT_EXPAND,
+    join_slices: bool = False,
+    channel_axis: int | None = None,
+    out=None,
+    on_notice: Callable[[str], None] | None = None,
+    **settings,
+) -> Progress:
+    """Label image of ``image``'s spatial shape; yields (done, total) tiles like predict_iter.
+
+    Instance models: connected components of the foreground (argmax == 1), objects
+    under ``min_size`` px dropped, grown by ``expand`` px to close the background gap
+    the training leaves between touching objects, ids 1..N, unique across a stack
+    (``join_slices`` gives objects that overlap in neighbouring slices one id).
+    Semantic models: argmax class ids. Probabilities are held for one plane at a time;
+    ``out`` (an integer array of the spatial shape, e.g. zarr) is written plane by plane.
+    ``settings``: tile_size, batch_size, device, precision, channels_last as in
+    :func:`predict_iter`.
+
+    Returns:
+        int32 labels of the image's spatial shape (``out`` itself when given).
+    """
+    planes, spatial = as_planes(image, model.config.in_channels, channel_axis)
+    if out is not None and tuple(out.shape) != spatial:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {spatial}")
+    run = _resolve(model, spatial[-2:], **_settings(settings))
+    labels = np.zeros(spatial, dtype=np.int32) if out is None else out
+    task = model.info.task
+    probs = np.empty((model.config.n_classes, *spatial[-2:]), dtype=np.float32)
+    next_id = 0
+
+    def write(z, tile, tile_probs):
+        probs[:, tile.out_rows, tile.out_cols] = tile_probs
+
+    def plane_done(z):
+        nonlocal next_id
+        plane = postprocess.labels_from_probabilities(
+            probs, task=task, min_size=min_size, expand=expand
+        )
+        if task == "instance":
+            plane[plane > 0] += next_id
+            next_id = max(next_id, int(plane.max()))
+        if len(spatial) == 3:
+            labels[z] = plane
+        else:
+            labels[...] = plane
+
+    yield from _tiled_inference(model, planes, run, write, on_notice or _notice, plane_done)
+    if join_slices and task == "instance" and len(spatial) == 3:
+        labels[...] = postprocess.join_slices(np.asarray(labels[...]))
+    return labels
+
+
+def _settings(settings: dict) -> dict:
+    known = ("tile_size", "batch_size", "device", "precision", "channels_last")
+    unknown = set(settings) - set(known)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+    return {name: settings.get(name) for name in known}
+
+
+def segment(model, image, **kwargs) -> np.ndarray:
+    """:func:`segment_iter` without progress: integer labels of the image's spatial shape."""
+    return _drain(segment_iter(model, image, **kwargs))
+
+
+def _drain(generator: Progress):
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,70 @@
+"""Probabilities -> labels: instances, size filter, gap closing, semantic ids, stacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.postprocess import (
+    instances_from_foreground,
+    join_slices,
+    labels_from_probabilities,
+)
+
+
+def two_class(foreground: np.ndarray) -> np.ndarray:
+    fg = foreground.astype(np.float32) * 0.8 + 0.1
+    return np.stack([1 - fg, fg])
+
+
+def test_touching_objects_separated_by_a_gap_come_back_touching():
+    fg = np.zeros((10, 12), dtype=bool)
+    fg[2:8, 1:5] = True
+    fg[2:8, 7:11] = True  # 2 px background gap (columns 5, 6)
+    labels = labels_from_probabilities(two_class(fg), min_size=1, expand=1)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert labels[4, 5] != 0 and labels[4, 6] != 0 and labels[4, 5] != labels[4, 6]
+    no_growth = labels_from_probabilities(two_class(fg), min_size=1, expand=0)
+    assert np.array_equal(no_growth > 0, fg)
+
+
+def test_small_objects_are_dropped_and_ids_are_consecutive():
+    fg = np.zeros((20, 20), dtype=bool)
+    fg[1:3, 1:3] = True  # 4 px
+    fg[10:15, 10:15] = True  # 25 px
+    fg[1:6, 14:19] = True  # 25 px
+    labels = instances_from_foreground(fg, min_size=5, expand=0)
+    assert labels[1, 1] == 0
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    assert labels.dtype == np.int32
+
+
+def test_diagonal_neighbours_are_separate_objects():
+    fg = np.array([[1, 0], [0, 1]], dtype=bool)
+    assert instances_from_foreground(fg, min_size=1, expand=0).max() == 2
+
+
+def test_semantic_models_give_argmax_class_ids():
+    probs = np.zeros((3, 2, 2), dtype=np.float32)
+    probs[0, 0, 0] = probs[1, 0, 1] = probs[2, 1, 0] = probs[2, 1, 1] = 1
+    assert np.array_equal(labels_from_probabilities(probs, task="semantic"), [[0, 1], [2, 2]])
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="n_classes"):
+        labels_from_probabilities(np.zeros((1, 4, 4)))
+    with pytest.raises(ValueError, match="task"):
+        labels_from_probabilities(np.zeros((2, 4, 4)), task="panoptic")
+
+
+def test_join_slices_links_overlapping_objects_only():
+    stack = np.zeros((3, 6, 6), dtype=np.int32)
+    stack[0, 1:3, 1:3] = 1
+    stack[1, 2:4, 2:4] = 2  # overlaps object 1
+    stack[1, 4:6, 4:6] = 3  # new object
+    stack[2, 0:2, 4:6] = 4  # no overlap with anything
+    joined = join_slices(stack)
+    assert joined[0, 1, 1] == joined[1, 3, 3]
+    ids = {joined[0, 1, 1], joined[1, 5, 5], joined[2, 0, 5]}
+    assert len(ids) == 3 and ids == {1, 2, 3}
+    assert np.array_equal(joined > 0, stack > 0)
