@@ -30,6 +30,11 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
+# metrics and predict are used by the training worker (validation, live preview);
+# importing them here, on the UI thread, keeps a first-time import (which holds the
+# GIL for a few hundred ms) out of the training run.
+from .. import metrics as _metrics  # noqa: F401
+from .. import predict as _predict  # noqa: F401
 from ..train import PRESETS
 from . import _dialogs
 from ._layers import (
