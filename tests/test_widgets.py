@@ -121,6 +121,9 @@ def test_sample_data_opens_through_the_manifest(make_napari_viewer):
 def test_weight_map_layer_follows_sigma(sample_viewer, qtbot):
     labels = sample_viewer.layers["cells labels"].data
     widget = WeightMapWidget(sample_viewer)
+    qtbot.wait(300)
+    assert "cells labels weight map" not in sample_viewer.layers  # only when asked for
+    widget.show_button.native.click()
     qtbot.waitUntil(lambda: "cells labels weight map" in sample_viewer.layers, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     layer = sample_viewer.layers["cells labels weight map"]
@@ -137,6 +140,7 @@ def test_weight_map_layer_follows_sigma(sample_viewer, qtbot):
 def test_weight_map_components_as_layers(sample_viewer, qtbot):
     widget = WeightMapWidget(sample_viewer)
     widget.show_components.value = True
+    widget.show_map()
     names = [f"cells labels {part}" for part in ("w_c", "d1+d2", "border")]
     qtbot.waitUntil(lambda: all(n in sample_viewer.layers for n in names), timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
@@ -157,8 +161,9 @@ def test_weight_map_of_empty_labels_warns_and_adds_nothing(
     viewer.add_labels(np.zeros((64, 64), np.int32), name="nothing yet")
     before = snapshot(viewer)
     widget = WeightMapWidget(viewer)
-    widget.update_map()
+    widget.show_button.native.click()
     assert any("empty" in text for _, text in notifications)
+    widget.sigma.value = 3.0
     qtbot.wait(300)  # the debounced update fires too, and must warn again
     assert_unchanged(viewer, before)
 

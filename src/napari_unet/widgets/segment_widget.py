@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, Label, ProgressBar, PushButton
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 
 from . import _dialogs
 from ._layers import BadChoice, ImageInput, follow_layers, image_input, layer_combo, selected
@@ -197,4 +197,3 @@ class SegmentWidget(Container):
         else:
             count, what = int(np.count_nonzero(np.bincount(labels.ravel())[1:])), "classes"
         self.status.value = f"'{out.name}': {count} {what}"
-        show_info(f"segmented '{layer.name}': {count} {what}")

@@ -1,8 +1,9 @@
 """Weight-map widget: shows the loss weight of the U-Net paper for a labels layer.
 
 ``w(x) = w_c(x) + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))``: touching objects
-should get a bright seam between them. The map is recomputed in a thread
-worker whenever w0, sigma or the labels change (the latest request wins).
+should get a bright seam between them. "Show weight map" adds the layer; from
+then on it is recomputed in a thread worker whenever w0, sigma or the labels
+change (the latest request wins).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
@@ -34,6 +35,7 @@ class WeightMapWidget(Container):
         w0: amplitude of the border term (paper: 10).
         sigma: width of the border term in pixels (paper: 5).
         show_components: also show w_c, d1+d2 and the border term as layers.
+        show_button: compute and show the map; it then follows every change.
         status: range of the last map, or what is being computed.
     """
 
@@ -55,13 +57,22 @@ class WeightMapWidget(Container):
             tooltip="add the class weight, the summed distances and the border term as layers",
         )  # fmt: skip
         self.show_components.native.setText("show w_c, d1+d2 and border terms")  # keep the _
+        self.show_button = PushButton(text="Show weight map")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         super().__init__(
-            widgets=[self.labels_layer, self.w0, self.sigma, self.show_components, self.status]
+            widgets=[
+                self.labels_layer,
+                self.w0,
+                self.sigma,
+                self.show_components,
+                self.show_button,
+                self.status,
+            ]
         )
         follow_layers(napari_viewer, self)
         self._worker = None
+        self._live = False  # follow changes once the user asked for the map
         self._rerun = False
         self._watched: Labels | None = None
         self._debounce = QTimer()
@@ -71,6 +82,7 @@ class WeightMapWidget(Container):
         for control in (self.w0, self.sigma, self.show_components):
             control.changed.connect(self._schedule)
         self.labels_layer.changed.connect(self._watch_labels)
+        self.show_button.changed.connect(self.show_map)
         self._watch_labels(self.labels_layer.value)
 
     # -- scheduling -----------------------------------------------------------------------
@@ -79,8 +91,14 @@ class WeightMapWidget(Container):
         """True while a weight map is being computed."""
         return self._worker is not None
 
+    def show_map(self) -> None:
+        """Compute and show the map now, and keep it up to date from then on."""
+        self._live = True
+        self.update_map()
+
     def _schedule(self, *_: Any) -> None:
-        self._debounce.start()
+        if self._live:
+            self._debounce.start()
 
     def _watch_labels(self, layer: Labels | None) -> None:
         """Recompute when the chosen labels layer is painted on or replaced."""
