@@ -86,7 +86,7 @@ def main() -> int:
     viewer.window.add_dock_widget(train, name="Train U-Net", area="right")
     train.budget_unit.value = "iterations"
     train.budget.value = 300
-    viewer.layers["cells labels"].opacity = 0.35
+    viewer.layers["cells labels"].visible = False  # the preview is the point here
     train.train()
     wait(app, until=lambda: len(train.plot.metric_points.get("AP@0.5", [])) >= 3)
     wait(app, 2.5)  # let the plot and the preview catch up

@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from qtpy.QtCore import QSize, Qt
-from qtpy.QtGui import QImage, QPainter
+from qtpy.QtCore import QSize
+from qtpy.QtGui import QColor, QImage, QPainter
 from qtpy.QtWidgets import QSizePolicy, QWidget
 from superqt.utils import create_worker
 
@@ -49,7 +49,6 @@ class LossPlot(QWidget):
         self._rendering = False
         self._pending = False
         self._worker: Any = None
-        self.request_redraw()
 
     def sizeHint(self) -> QSize:
         return QSize(360, 220)
@@ -80,11 +79,13 @@ class LossPlot(QWidget):
     def request_redraw(self) -> None:
         """Render the current points in a thread worker (after the running render, if any)."""
         self._last_request = time.monotonic()
+        if not self.isVisible():
+            return  # rendered when shown (showEvent), at the size it is shown at
         if self._rendering:
             self._pending = True
             return
         self._rendering, self._pending = True, False
-        size = (max(self.width(), 200), max(self.height(), 160))
+        size = (self.width(), self.height())
         metrics = {name: list(points) for name, points in self.metric_points.items()}
         self._worker = create_worker(
             render_plot, list(self.loss_points), metrics, size, _ignore_errors=True
@@ -106,13 +107,17 @@ class LossPlot(QWidget):
 
     def paintEvent(self, event: Any) -> None:
         painter = QPainter(self)
-        painter.fillRect(self.rect(), Qt.GlobalColor.black)
-        if self._image is not None:
-            painter.drawImage(self.rect(), self._image)
+        painter.fillRect(self.rect(), QColor(BACKGROUND))
+        if self._image is not None:  # drawn at its own size: never stretched
+            painter.drawImage(0, 0, self._image)
         painter.end()
 
     def resizeEvent(self, event: Any) -> None:
         super().resizeEvent(event)
+        self.request_redraw()
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
         self.request_redraw()
 
 
@@ -125,10 +130,13 @@ def render_plot(
 
     Thread-safe: every call builds its own figure.
     """
-    width, height = size
+    width, height = max(size[0], 120), max(size[1], 100)
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor=BACKGROUND)
     canvas = FigureCanvasAgg(figure)
-    figure.subplots_adjust(left=0.15, right=0.87, bottom=0.2, top=0.95)
+    # margins in px, so labels fit whatever the widget's size
+    figure.subplots_adjust(
+        left=48 / width, right=1 - 48 / width, bottom=38 / height, top=1 - 10 / height
+    )
     axes = figure.add_subplot()
     metric_axes = axes.twinx()
     for ax in (axes, metric_axes):

@@ -18,6 +18,7 @@ from napari.utils.notifications import show_error
 from . import _dialogs
 from ._layers import BadChoice, ImageInput, follow_layers, image_input, layer_combo, selected
 from ._layers import show_output as _show_output
+from ._layout import column, row
 from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
 from .jobs import segment_job
@@ -49,10 +50,7 @@ class SegmentWidget(Container):
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        buttons = Container(
-            widgets=[self.segment_button, self.cancel_button], layout="horizontal", labels=False
-        )
-        buttons.margins = (0, 0, 0, 0)
+        buttons = row(self.segment_button, self.cancel_button)
         self.progress = ProgressBar(value=0, max=1, visible=False)
         self.status = Label()
         self.status.native.setWordWrap(True)
@@ -63,8 +61,7 @@ class SegmentWidget(Container):
                 self.load_button,
                 self.show_probabilities,
                 buttons,
-                self.progress,
-                self.status,
+                column(self.progress, self.status),
             ]
         )
         follow_layers(napari_viewer, self)

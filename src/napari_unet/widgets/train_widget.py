@@ -48,6 +48,7 @@ from ._layers import (
     selected,
     spatial_shape,
 )
+from ._layout import column, row
 from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
 from .jobs import PreviewSource, train_job
@@ -164,7 +165,10 @@ class TrainWidget(Container):
         )  # fmt: skip
         self.preset = ComboBox(label="preset", choices=list(PRESETS), value=next(iter(PRESETS)))
         self.budget = FloatSpinBox(value=10.0, min=0.1, max=1_000_000.0, step=1.0)
+        self.budget.native.setDecimals(1)
+        self.budget.native.setMinimumWidth(100)
         self.budget_unit = ComboBox(choices=["minutes", "iterations"])
+        self.budget_unit.native.setMaximumWidth(110)
         self.device = ComboBox(label="device", choices=_device_choices())
         self.start_from = ComboBox(label="start from", choices=["new network", "current model"])
         self.live_preview = CheckBox(text="live preview of the visible region", value=True)
@@ -175,25 +179,22 @@ class TrainWidget(Container):
         self.metrics = Label()
         self.model_info = Label(label="model")
         self.save_button = PushButton(text="Save model...", enabled=False)
-        for label in (self.status, self.metrics, self.model_info):
-            label.native.setWordWrap(True)
+        self.model_info.native.setWordWrap(True)
         super().__init__(
             widgets=[
                 self.image_layer,
                 self.labels_layer,
                 self.region_layer,
-                _row(self.add_pair_button, self.clear_pairs_button),
+                row(self.add_pair_button, self.clear_pairs_button),
                 self.pairs_info,
                 self.mode,
                 self.preset,
-                _row(self.budget, self.budget_unit, label="budget"),
+                row(self.budget, self.budget_unit, label="budget"),
                 self.device,
                 self.start_from,
                 self.live_preview,
-                _row(self.train_button, self.stop_button),
-                self.progress,
-                self.status,
-                self.metrics,
+                row(self.train_button, self.stop_button),
+                column(self.progress, self.status, self.metrics),
             ]
         )
         self.plot = LossPlot()
@@ -386,7 +387,8 @@ class TrainWidget(Container):
         if "val" in record:
             shown = {METRIC_NAMES[k]: v for k, v in record["val"].items() if k in METRIC_NAMES}
             self.plot.add_metrics(iteration, shown)
-            self.metrics.value = "validation: " + _metrics_text(record["val"])
+            text = _metrics_text(record["val"])
+            self.metrics.value = f"validation at step {iteration}:\n{text}"
         if "preview" in record:
             self._show_preview(*record["preview"])
         now = time.monotonic()
@@ -400,7 +402,7 @@ class TrainWidget(Container):
             left = record["elapsed"] * (1 - progress) / progress if progress > 0 else np.nan
             if not self._stop_requested:
                 self.status.value = (
-                    f"step {iteration}, loss {record['loss']:.4f}, {_duration(left)} left"
+                    f"step {iteration} · loss {record['loss']:.4f} · {_duration(left)} left"
                 )
             self._update_visible()
 
@@ -456,7 +458,7 @@ class TrainWidget(Container):
         else:  # foreground probability in percent
             self.viewer.add_image(
                 np.zeros(shape, np.uint8), colormap="magenta", blending="additive",
-                contrast_limits=(0, 100), **kwargs,
+                opacity=0.7, contrast_limits=(0, 100), **kwargs,
             )  # fmt: skip
 
     def _show_preview(self, values: np.ndarray, origin: tuple) -> None:
@@ -485,7 +487,7 @@ class TrainWidget(Container):
         self.store.set(model, f"trained on {names} ({steps} steps, {_duration(seconds)})")
         best = history.get("best_val")
         if best:
-            self.metrics.value = "best validation: " + _metrics_text(best)
+            self.metrics.value = "best validation:\n" + _metrics_text(best)
         self.status.value = f"done: {steps} steps in {_duration(seconds)}"
         show_info(f"U-Net trained ({steps} steps); it is now the model of the Segment widget")
 
@@ -524,12 +526,6 @@ class TrainWidget(Container):
         show_info(f"model saved to {path}")
 
 
-def _row(*widgets: Any, label: str = "") -> Container:
-    row = Container(widgets=list(widgets), layout="horizontal", labels=False, label=label)
-    row.margins = (0, 0, 0, 0)
-    return row
-
-
 def _device_choices() -> list[str]:
     from ..devices import available_devices
 
@@ -538,7 +534,7 @@ def _device_choices() -> list[str]:
 
 def _metrics_text(metrics: dict[str, float]) -> str:
     names = {**METRIC_NAMES, "rand_error": "Rand error", "pixel_error": "pixel error"}
-    return ", ".join(f"{names.get(k, k)} {v:.3f}" for k, v in metrics.items())
+    return " · ".join(f"{names.get(k, k)} {v:.3f}" for k, v in metrics.items())
 
 
 def _duration(seconds: float) -> str:
