@@ -53,7 +53,6 @@ class SegmentWidget(Container):
         buttons = row(self.segment_button, self.cancel_button)
         self.progress = ProgressBar(value=0, max=1, visible=False)
         self.status = Label()
-        self.status.native.setWordWrap(True)
         super().__init__(
             widgets=[
                 self.image_layer,
@@ -193,4 +192,4 @@ class SegmentWidget(Container):
             count, what = int(labels.max()), "objects"  # ids are 1..N
         else:
             count, what = int(np.count_nonzero(np.bincount(labels.ravel())[1:])), "classes"
-        self.status.value = f"'{out.name}': {count} {what}"
+        self.status.value = f"{count} {what} in '{out.name}'"
