@@ -263,14 +263,18 @@ def test_segment_replaces_its_own_layer_and_never_the_users(sample_viewer, qtbot
     assert len(sample_viewer.layers) == n_layers + 1
 
 
-def test_cancel_segmentation_changes_no_layer(make_napari_viewer, qtbot):
+@pytest.mark.parametrize("where", ["dock", "napari progress bar"])
+def test_cancel_segmentation_changes_no_layer(make_napari_viewer, qtbot, where):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((4, 300, 300), np.float32), name="big")
     model_store(viewer).set(tiny_model(), "test")
     before = snapshot(viewer)
     widget = SegmentWidget(viewer)
     widget.segment()
-    widget.cancel_button.native.click()
+    if where == "dock":
+        widget.cancel_button.native.click()
+    else:
+        widget._bar.bar.cancel()  # what the Cancel button of napari's activity dock calls
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert "cancelled" in widget.status.value
     assert widget.segment_button.enabled and not widget.cancel_button.enabled
