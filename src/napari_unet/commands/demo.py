@@ -109,7 +109,7 @@ def run_headless(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     run = train_iter([image], [labels], settings=settings)
     steps = 0
-    with tqdm(total=100, unit="%", desc="training", leave=False) as bar:
+    with tqdm(total=100, unit="%", desc="training", leave=False, disable=None) as bar:
         while True:
             try:
                 record = next(run)
