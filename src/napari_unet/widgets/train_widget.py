@@ -313,7 +313,7 @@ class TrainWidget(Container):
         except (BadChoice, ValueError) as error:
             show_error(str(error))
             return
-        images, labels, masks = (list(column) for column in zip(*data))
+        images, labels, masks = (list(part) for part in zip(*data))
         first = pairs[0]
         self._preview_source = first.image
         self._preview = preview = PreviewSource(
