@@ -284,19 +284,19 @@ def test_cancel_segmentation_changes_no_layer(make_napari_viewer, qtbot, where):
 def test_load_model_from_file(sample_viewer, tmp_path, monkeypatch, notifications):
     from napari_unet.model_io import save_model
 
-    path = tmp_path / "m.unet"
+    path = tmp_path / "m.safetensors"
     save_model(tiny_model(), path)
     monkeypatch.setattr(_dialogs, "ask_open_model", lambda parent: str(path))
     widget = SegmentWidget(sample_viewer)
     widget.load_button.native.click()
     assert model_store(sample_viewer).model is not None
-    assert "m.unet" in widget.model_info.value
+    assert "m.safetensors" in widget.model_info.value
 
-    (tmp_path / "bad.unet").write_text("not a model")
-    monkeypatch.setattr(_dialogs, "ask_open_model", lambda parent: str(tmp_path / "bad.unet"))
+    (tmp_path / "bad.safetensors").write_text("not a model")
+    monkeypatch.setattr(_dialogs, "ask_open_model", lambda parent: str(tmp_path / "bad.safetensors"))
     widget.load_button.native.click()
     assert any(s == NotificationSeverity.ERROR for s, _ in notifications)
-    assert "m.unet" in widget.model_info.value  # the loaded model stays
+    assert "m.safetensors" in widget.model_info.value  # the loaded model stays
 
 
 # -- train --------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def test_train_stop_save_segment(sample_viewer, qtbot, tiny_preset, tmp_path, mo
     preview = sample_viewer.layers["cells preview"]
     assert preview.data.shape == (128, 128) and preview.data.any()
 
-    path = tmp_path / "trained.unet"
+    path = tmp_path / "trained.safetensors"
     monkeypatch.setattr(_dialogs, "ask_save_model", lambda parent: str(path))
     train.save_button.native.click()
     assert load_model(path).config == model.config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-MODEL_SUFFIX = ".unet"
+MODEL_SUFFIX = ".safetensors"
 MODEL_FILTER = f"U-Net model (*{MODEL_SUFFIX});;All files (*)"
 
 
