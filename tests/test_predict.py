@@ -302,3 +302,43 @@ def test_segment_iter_yields_progress():
     tiles = len(tile_layout((60, 60), 48, model.config))
     steps = list(segment_iter(model, structured((60, 60)), tile_size=48, **EXACT))
     assert tiles > 1 and steps[0] == (0, tiles) and steps[-1] == (tiles, tiles)
+
+
+def test_benchmark_smoke_mode_runs_and_reports_agreement():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--smoke"])
+    rows = {row["run"]: row for row in result["rows"]}
+    assert set(rows) == {"baseline", "product", "fp32 reference"}
+    assert rows["fp32 reference"]["label_agreement"] == 1.0
+    assert rows["product"]["label_agreement"] > 0.9
+    assert all(row["mpx_per_s"] > 0 for row in rows.values())
+
+
+def test_objects_grow_back_by_the_gap_the_model_was_trained_with():
+    model = tiny(depth=2)
+    image = structured((70, 50))
+    probs = predict(model, image, **EXACT)
+    model.info.training["gap"] = 2
+    expected = labels_from_probabilities(probs, min_size=1, expand=2)
+    assert np.array_equal(segment(model, image, min_size=1, **EXACT), expected)
+
+
+def test_lazy_multichannel_stack_matches_numpy():
+    da = pytest.importorskip("dask.array")
+    model = tiny(depth=2, in_channels=2)
+    stack = np.stack(
+        [np.stack([structured((40, 44), seed=z + c) for c in range(2)]) for z in range(3)]
+    )  # (Z, C, Y, X)
+    expected = predict(model, stack, channel_axis=1, **EXACT)
+    assert expected.shape == (2, 3, 40, 44)
+    lazy = da.from_array(stack, chunks=(1, 2, 20, 20))
+    np.testing.assert_allclose(predict(model, lazy, channel_axis=1, **EXACT), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        predict(model, stack[1], channel_axis=0, **EXACT), expected[:, 1], atol=1e-6
+    )

@@ -80,3 +80,29 @@ def join_slices(labels: np.ndarray) -> np.ndarray:
     _, component = connected_components(links, directed=False)
     joined = np.where(labels > 0, component[labels] + 1, 0)
     return relabel_sequential(joined.astype(np.int64))[0].astype(np.int32)
+
+
+def labels_from_stack_probabilities(
+    probs: np.ndarray,
+    *,
+    task: str = "instance",
+    min_size: int = DEFAULT_MIN_SIZE,
+    expand: int = DEFAULT_EXPAND,
+    join: bool = False,
+) -> np.ndarray:
+    """int32 labels (Y, X) or (Z, Y, X) from probabilities (n_classes, Y, X) or
+    (n_classes, Z, Y, X): slice by slice, instance ids unique across the stack;
+    ``join`` gives objects that overlap in neighbouring slices one id."""
+    if probs.ndim == 3:
+        return labels_from_probabilities(probs, task=task, min_size=min_size, expand=expand)
+    if probs.ndim != 4:
+        raise ValueError(f"expected probabilities (n_classes, [Z,] Y, X), got {probs.shape}")
+    labels = np.zeros(probs.shape[1:], dtype=np.int32)
+    offset = 0
+    for z in range(probs.shape[1]):
+        plane = labels_from_probabilities(probs[:, z], task=task, min_size=min_size, expand=expand)
+        if task == "instance":
+            plane[plane > 0] += offset
+            offset = max(offset, int(plane.max()))
+        labels[z] = plane
+    return join_slices(labels) if join and task == "instance" else labels

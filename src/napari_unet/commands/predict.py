@@ -1,0 +1,164 @@
+"""``napari-unet predict``: label images (and optionally probabilities) with a trained model.
+
+One label TIFF per input, with the input's file name, in ``--out``. Inputs are files,
+folders (their ``*.tif``/``*.tiff``) or glob patterns. Each output is written to a
+temporary file and renamed, so an error never leaves a partial file; any bad input
+(unreadable model or image, wrong channels, NaN pixels, ...) stops with one message
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".tif", ".tiff")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a trained model (overlap-tile inference)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--model", required=True, help="model file (.safetensors)")
+    parser.add_argument(
+        "--images", required=True, nargs="+", metavar="PATH", help="image files, folders, globs"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write NAME_probabilities.tif (float32, class axis first)",
+    )
+    parser.add_argument("--tile-size", type=int, help="input tile edge in px (default: auto)")
+    parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
+    parser.add_argument("--device", help="cpu, cuda[:N] or mps (default: best available)")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), help="default: per device"
+    )
+    parser.add_argument("--channel-axis", type=int, help="axis holding the image's channels")
+    parser.add_argument("--min-size", type=int, default=None, help="drop smaller objects (px)")
+    parser.add_argument(
+        "--expand",
+        type=int,
+        default=None,
+        help="grow objects by N px (default: the model's training gap)",
+    )
+    parser.add_argument(
+        "--join-slices", action="store_true", help="link objects across stack slices"
+    )
+    parser.set_defaults(func=run)
+
+
+def find_images(patterns: list[str]) -> list[Path]:
+    """Files named by ``patterns`` (files, folders, globs), in order, without duplicates."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+        else:
+            raise ValueError(f"no such image file or folder: {pattern}")
+        if not matches:
+            raise ValueError(f"no TIFF images found for {pattern!r}")
+        found.extend(p for p in matches if p not in found)
+    names = [p.name for p in found]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"several inputs share the file name {clashes[0]!r}; outputs would clash")
+    return found
+
+
+def write_tiff_atomic(path: Path, data) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
+    import tifffile
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        tifffile.imwrite(temporary, data, compression="zlib")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_image(path: Path):
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise ValueError(f"cannot read image {path}: {error}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..model_io import load_model
+    from ..postprocess import DEFAULT_MIN_SIZE, labels_from_stack_probabilities
+    from ..predict import default_expand, predict_iter, segment_iter
+
+    images = find_images(args.images)
+    model = load_model(args.model)
+    out_dir = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in images:
+        target = out_dir / path.with_suffix(".tif").name
+        if target.resolve() == path.resolve():
+            raise ValueError(f"{target} would overwrite its input; choose another --out folder")
+    settings = {
+        "tile_size": args.tile_size,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "precision": args.precision,
+        "channel_axis": args.channel_axis,
+    }
+    min_size = DEFAULT_MIN_SIZE if args.min_size is None else args.min_size
+    expand = default_expand(model) if args.expand is None else args.expand
+    for path in images:
+        start = time.perf_counter()
+        image = read_image(path)
+        if args.probabilities:
+            generator = predict_iter(model, image, **settings)
+        else:  # probabilities of one plane at a time only
+            options = {"min_size": min_size, "expand": expand, "join_slices": args.join_slices}
+            generator = segment_iter(model, image, **options, **settings)
+        with tqdm(desc=path.name, unit="tile", leave=False, file=sys.stderr) as bar:
+            while True:
+                try:
+                    done, total = next(generator)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                bar.total = total
+                bar.update(done - bar.n)
+        labels = result
+        if args.probabilities:
+            labels = labels_from_stack_probabilities(
+                result,
+                task=model.info.task,
+                min_size=min_size,
+                expand=expand,
+                join=args.join_slices,
+            )
+        write_tiff_atomic(out_dir / path.with_suffix(".tif").name, labels)
+        if args.probabilities:
+            write_tiff_atomic(out_dir / f"{path.stem}_probabilities.tif", result)
+        count = int(labels.max()) if model.info.task == "instance" else len(np.unique(labels))
+        what = "objects" if model.info.task == "instance" else "classes"
+        print(
+            f"{path.name}: {image.shape} -> {count} {what} in {time.perf_counter() - start:.1f} s"
+        )
+    return 0
