@@ -118,8 +118,9 @@ def curve(path: str, *results: str) -> None:
         data = json.loads(Path(result).read_text())
         minutes = [point["minutes"] for point in data["curve"]]
         name = data["data"].rstrip("/").split("/")[-2]
-        gap = data["settings"].get("gap", 1)
+        gap, seed = data["settings"].get("gap", 1), data["settings"].get("seed", 0)
         name = f"{name} (gap {gap})" if gap != 1 else name
+        name = f"{name} (seed {seed})" if seed else name
         if "dsb" in name:
             ax.plot(minutes, [p["ap50"] for p in data["curve"]], "o-", label=f"{name}: AP@0.5")
         else:
