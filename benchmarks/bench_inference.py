@@ -1,4 +1,4 @@
-"""Inference throughput: a plain overlap-tile loop vs ``napari_unet.predict`` at defaults.
+"""Inference throughput: a plain overlap-tile loop vs ``napari_unet.inference`` at defaults.
 
 Both run in the same process on the same image with the same weights (the paper's
 64-channel U-Net, seeded), side by side, each repeated; medians are reported.
@@ -35,9 +35,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet.config import UNetConfig
+from napari_unet.inference import DEFAULTS, predict
 from napari_unet.model import UNet
 from napari_unet.normalization import normalize
-from napari_unet.predict import DEFAULTS, predict
 from napari_unet.sample_data import make_sample
 from napari_unet.tiling import auto_tile_size, tile_layout
 

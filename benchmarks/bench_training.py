@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
 from napari_unet.sample_data import make_sample
-from napari_unet.train import PRESETS, TrainSettings, train_iter
+from napari_unet.training import PRESETS, TrainSettings, train_iter
 
 
 def machine() -> str:
@@ -113,7 +113,7 @@ def load_split(root: Path):
 def evaluate_held_out(model, held_out) -> dict[str, float]:
     """Segment every held-out image with the product's predict.segment, then score."""
     from napari_unet import metrics
-    from napari_unet.predict import segment
+    from napari_unet.inference import segment
 
     gts, preds = [], []
     expand = model.info.training.get("gap", 1)  # grow objects back by the training gap

@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import sample_image
+from napari_unet.inference import predict
 from napari_unet.model import UNet
-from napari_unet.predict import predict
 from napari_unet.tiling import tile_layout
 
 

@@ -15,7 +15,7 @@ import napari
 from qtpy.QtWidgets import QApplication
 
 from napari_unet.sample_data import sample_layers
-from napari_unet.train import PRESETS
+from napari_unet.training import PRESETS
 from napari_unet.widgets.segment_widget import SegmentWidget
 from napari_unet.widgets.train_widget import TrainWidget
 from napari_unet.widgets.weight_map_widget import WeightMapWidget

@@ -9,9 +9,9 @@ import torch
 
 from napari_unet.cli import main
 from napari_unet.config import ModelInfo, UNetConfig
+from napari_unet.inference import predict, segment
 from napari_unet.model import UNet
 from napari_unet.model_io import save_model
-from napari_unet.predict import predict, segment
 
 
 @pytest.fixture(autouse=True)

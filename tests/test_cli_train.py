@@ -7,7 +7,7 @@ import tifffile
 from napari_unet.cli import main
 from napari_unet.model_io import load_model
 from napari_unet.sample_data import make_sample
-from napari_unet.train import PRESETS, TrainSettings
+from napari_unet.training import PRESETS, TrainSettings
 
 TINY = TrainSettings(base_channels=4, depth=2, tile_size=60, batch_size=2, val_fraction=0)
 

@@ -28,3 +28,13 @@ def test_manifest_is_valid():
     menu = manifest.contributions.menus["napari/layers/segment"]
     menu_commands = {item.command for item in menu}
     assert {w.command for w in manifest.contributions.widgets} <= menu_commands
+
+
+def test_public_functions_are_not_shadowed_by_submodules():
+    """Importing the engine modules first must not replace the public functions."""
+    code = (
+        "import napari_unet.inference, napari_unet.training, napari_unet.weights; "
+        "import inspect; from napari_unet import predict, segment, train, weight_map; "
+        "assert all(map(inspect.isfunction, (predict, segment, train, weight_map)))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

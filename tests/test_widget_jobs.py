@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from napari_unet.config import UNetConfig
+from napari_unet.inference import predict, segment
 from napari_unet.model import UNet
-from napari_unet.predict import predict, segment
 from napari_unet.sample_data import make_sample
 from napari_unet.weights import weight_map
 from napari_unet.widgets.jobs import (

@@ -19,7 +19,7 @@ from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
 from napari_unet.model_io import load_model
 from napari_unet.sample_data import make_sample
-from napari_unet.train import PRESETS
+from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 from napari_unet.widgets import _dialogs
 from napari_unet.widgets.model_store import model_store
@@ -293,7 +293,9 @@ def test_load_model_from_file(sample_viewer, tmp_path, monkeypatch, notification
     assert "m.safetensors" in widget.model_info.value
 
     (tmp_path / "bad.safetensors").write_text("not a model")
-    monkeypatch.setattr(_dialogs, "ask_open_model", lambda parent: str(tmp_path / "bad.safetensors"))
+    monkeypatch.setattr(
+        _dialogs, "ask_open_model", lambda parent: str(tmp_path / "bad.safetensors")
+    )
     widget.load_button.native.click()
     assert any(s == NotificationSeverity.ERROR for s, _ in notifications)
     assert "m.safetensors" in widget.model_info.value  # the loaded model stays

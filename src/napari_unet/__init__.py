@@ -25,14 +25,14 @@ _LAZY = {
     "read_model_info": "model_io",
     "weight_map": "weights",  # numpy
     "weight_map_components": "weights",  # numpy
-    "predict": "predict",
-    "segment": "predict",
-    "predict_iter": "predict",
-    "segment_iter": "predict",
-    "train": "train",
-    "train_iter": "train",
-    "TrainSettings": "train",
-    "PRESETS": "train",
+    "predict": "inference",
+    "segment": "inference",
+    "predict_iter": "inference",
+    "segment_iter": "inference",
+    "train": "training",
+    "train_iter": "training",
+    "TrainSettings": "training",
+    "PRESETS": "training",
     "make_sample": "sample_data",  # numpy
 }
 

@@ -1,7 +1,7 @@
 """Training data preparation (numpy only): pairs, annotated regions, targets, weights.
 
 A training *pair* is an image and its labels, optionally with a *mask* of the
-annotated region. Everything here is torch-free; :mod:`napari_unet.train` turns
+annotated region. Everything here is torch-free; :mod:`napari_unet.training` turns
 the prepared planes into tensors.
 
 Annotation modes (see docs/training.md):

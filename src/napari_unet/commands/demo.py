@@ -81,10 +81,10 @@ def run_headless(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from ..inference import segment
     from ..metrics import average_precision, foreground_iou
-    from ..predict import segment
     from ..sample_data import make_sample
-    from ..train import PRESETS, train_iter
+    from ..training import PRESETS, train_iter
 
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")

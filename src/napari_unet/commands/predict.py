@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from ..inference import default_expand, predict_iter, segment_iter
     from ..model_io import load_model
     from ..postprocess import DEFAULT_MIN_SIZE, labels_from_stack_probabilities
-    from ..predict import default_expand, predict_iter, segment_iter
 
     images = find_images(args.images)
     model = load_model(args.model)

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..model_io import save_model
-    from ..train import PRESETS, train_iter
+    from ..training import PRESETS, train_iter
 
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")

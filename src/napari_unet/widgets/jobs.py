@@ -72,7 +72,7 @@ def segment_job(
     Args:
         image: (Y, X) or (Z, Y, X), with a channel axis for multi-channel models;
             numpy, dask or zarr (read tile by tile).
-        channel_axis: as in :func:`napari_unet.predict.predict_iter`.
+        channel_axis: as in :func:`napari_unet.inference.predict_iter`.
         probabilities: also return the probabilities (computed once, for both).
 
     Yields:
@@ -83,7 +83,7 @@ def segment_job(
         (n_classes, *spatial) probabilities, or None when not asked for.
     """
     from .. import postprocess
-    from ..predict import predict_iter, segment_iter
+    from ..inference import predict_iter, segment_iter
 
     if not probabilities:
         labels = yield from segment_iter(model, image, channel_axis=channel_axis, device=device)
@@ -137,7 +137,7 @@ def train_job(
     refresh: Callable[[], tuple | None] | None = None,
     preview: PreviewSource | None = None,
 ) -> Generator[dict[str, Any], None, Any]:
-    """:func:`napari_unet.train.train_iter` with a live preview; returns the best model.
+    """:func:`napari_unet.training.train_iter` with a live preview; returns the best model.
 
     Each ``preview_model`` snapshot the engine yields is replaced by
     ``record["preview"] = (values, origin)``: the snapshot's prediction for the
@@ -148,7 +148,7 @@ def train_job(
     """
     import torch
 
-    from ..train import train_iter
+    from ..training import train_iter
 
     threads_before = torch.get_num_threads()
     run = train_iter(
@@ -174,7 +174,7 @@ def train_job(
 
 def preview_prediction(model: Any, source: PreviewSource) -> tuple[np.ndarray, tuple] | None:
     """The model's prediction for the visible region of ``source`` (see :func:`train_job`)."""
-    from ..predict import predict
+    from ..inference import predict
 
     region = source.region()
     if region is None:

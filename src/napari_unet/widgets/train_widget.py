@@ -30,12 +30,13 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
+from .. import inference as _inference  # noqa: F401
+
 # metrics and predict are used by the training worker (validation, live preview);
 # importing them here, on the UI thread, keeps a first-time import (which holds the
 # GIL for a few hundred ms) out of the training run.
 from .. import metrics as _metrics  # noqa: F401
-from .. import predict as _predict  # noqa: F401
-from ..train import PRESETS
+from ..training import PRESETS
 from . import _dialogs
 from ._layers import (
     OWNER_KEY,
@@ -134,7 +135,7 @@ class TrainWidget(Container):
         add_pair_button, clear_pairs_button, pairs_info: train on several pairs at once.
         mode: "instance" (objects, 0 = background) or "semantic" (scribbles:
             0 = not annotated, 1 = background, 2.. = classes).
-        preset: named :data:`napari_unet.train.PRESETS` entry.
+        preset: named :data:`napari_unet.training.PRESETS` entry.
         budget, budget_unit: training length in minutes or iterations.
         device: "auto" or a device name.
         start_from: a new network or the current model (fine-tuning).

@@ -248,7 +248,7 @@ def predict_plane(
     """Class probabilities (n_classes, Y, X) of a normalised (C, Y, X) plane in one pass.
 
     The plane is mirror-padded by the context margin and up to a valid input size.
-    Used for validation; :mod:`napari_unet.predict` tiles large images instead.
+    Used for validation; :mod:`napari_unet.inference` tiles large images instead.
     """
     config = model.config
     height, width = image.shape[-2:]
@@ -267,7 +267,7 @@ def predict_plane(
 
 def probabilities_to_labels(probs: np.ndarray, task: str, gap: int) -> np.ndarray:
     """Labels as the user paints them: instances grown back by ``gap`` (as
-    :func:`napari_unet.predict.segment` does), semantic classes as 1 = background, 2.."""
+    :func:`napari_unet.inference.segment` does), semantic classes as 1 = background, 2.."""
     labels = labels_from_probabilities(probs, task=task, expand=gap)
     return labels + 1 if task == "semantic" else labels
 

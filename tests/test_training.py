@@ -10,7 +10,7 @@ import torch
 
 from napari_unet.model_io import load_model
 from napari_unet.sample_data import make_sample
-from napari_unet.train import (
+from napari_unet.training import (
     BEST_NAME,
     LAST_NAME,
     PRESETS,

@@ -8,10 +8,10 @@ import torch
 
 from napari_unet.config import ModelInfo, UNetConfig
 from napari_unet.devices import choose_device
+from napari_unet.inference import predict, predict_iter, segment, segment_iter
 from napari_unet.model import UNet
 from napari_unet.normalization import normalize
 from napari_unet.postprocess import labels_from_probabilities
-from napari_unet.predict import predict, predict_iter, segment, segment_iter
 from napari_unet.tiling import tile_layout
 
 EXACT = {"precision": "fp32", "device": "cpu"}  # bf16 (the CPU default) is not exact
