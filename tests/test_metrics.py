@@ -148,6 +148,10 @@ def test_rand_error_ignores_gt_background_and_predicted_background_is_singletons
     assert rand_error(gt, thin) == pytest.approx(1 - 2 * 4900 / (4900 + 7080))
     # one merged object costs more: in_pred = 100 * 99
     assert rand_error(gt, (thin > 0).astype(int)) == pytest.approx(1 - 2 * 4900 / (9900 + 7080))
+    # plain scikit-image: the 20 background pixels form one segment spanning both objects;
+    # both = 2 * 50 * 49 + 2 * 10 * 9, in_pred = 2 * 50 * 49 + 20 * 19
+    plain = rand_error(gt, thin, background_singletons=False)
+    assert plain == pytest.approx(1 - 2 * 5080 / (5280 + 7080))
 
 
 def test_works_in_3d_and_with_bool_masks():

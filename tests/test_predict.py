@@ -302,3 +302,28 @@ def test_segment_iter_yields_progress():
     tiles = len(tile_layout((60, 60), 48, model.config))
     steps = list(segment_iter(model, structured((60, 60)), tile_size=48, **EXACT))
     assert tiles > 1 and steps[0] == (0, tiles) and steps[-1] == (tiles, tiles)
+
+
+def test_benchmark_smoke_mode_runs_and_reports_agreement():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--smoke"])
+    rows = {row["run"]: row for row in result["rows"]}
+    assert set(rows) == {"baseline", "product", "fp32 reference"}
+    assert rows["fp32 reference"]["label_agreement"] == 1.0
+    assert rows["product"]["label_agreement"] > 0.9
+    assert all(row["mpx_per_s"] > 0 for row in rows.values())
+
+
+def test_objects_grow_back_by_the_gap_the_model_was_trained_with():
+    model = tiny(depth=2)
+    image = structured((70, 50))
+    probs = predict(model, image, **EXACT)
+    model.info.training["gap"] = 2
+    expected = labels_from_probabilities(probs, min_size=1, expand=2)
+    assert np.array_equal(segment(model, image, min_size=1, **EXACT), expected)

@@ -38,6 +38,15 @@ def plain_weight_map(labels, w0=W0, sigma=SIGMA, mask=None):
     return weight
 
 
+def plain_distances(labels):
+    """d1, d2 by the definition (inf where there are fewer objects)."""
+    ids = np.unique(labels[labels > 0])
+    distances = [ndi.distance_transform_edt(labels != i) for i in ids]
+    distances += [np.full(labels.shape, np.inf)] * 2
+    distances = np.sort(distances, axis=0)
+    return distances[0], distances[1]
+
+
 def worked_example():
     labels = np.zeros((40, 40), np.int32)
     labels[15:25, 9:19] = 1
@@ -187,3 +196,46 @@ def test_matches_plain_definition(labels, sigma):
     assert total.min() >= parts.class_weight.min()
     assert np.all(parts.border[labels > 0] == 0)
     assert np.all(parts.border >= 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(labels=label_images(), sigma=st.sampled_from([2.0, 5.0]))
+def test_components_match_plain_distances(labels, sigma):
+    parts = weight_map_components(labels, sigma=sigma)
+    d1, d2 = plain_distances(labels)
+    np.testing.assert_allclose(parts.d1, d1, rtol=1e-6)
+    within = d1 + d2 < parts.cutoff - 1e-6
+    beyond = d1 + d2 > parts.cutoff + 1e-6
+    np.testing.assert_allclose(parts.d2[within], d2[within], rtol=1e-6)
+    assert np.all(np.isinf(parts.d2[beyond]))
+
+
+def test_huge_float_and_uint64_ids_are_renumbered():
+    labels = worked_example()
+    as_float = np.where(labels == 2, 1e18, labels).astype(np.float64)
+    as_uint64 = np.where(labels == 2, 2**63 + 5, labels).astype(np.uint64)
+    np.testing.assert_array_equal(weight_map(as_float), weight_map(labels))
+    np.testing.assert_array_equal(weight_map(as_uint64), weight_map(labels))
+
+
+@pytest.mark.shared_data
+def test_matches_plain_definition_on_real_labels(shared_data):
+    tifffile = pytest.importorskip("tifffile")
+    isbi = tifffile.imread(shared_data / "isbi2012/train/labels/slice00.tif")[:192, :192]
+    dsb = sorted((shared_data / "dsb2018/train/labels").glob("*.tif"))[0]
+    for labels in (isbi, tifffile.imread(dsb)):
+        np.testing.assert_allclose(weight_map(labels), plain_weight_map(labels), atol=TOLERANCE)
+
+
+def test_many_touching_objects_match_plain_definition():
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(12 * 12) + 1  # 144 objects in a grid, shuffled ids
+    labels = np.kron(cells.reshape(12, 12), np.ones((9, 9), int))  # 108 x 108, all touching
+    labels[rng.random(labels.shape) < 0.15] = 0  # background speckle between them
+    labels[:, ::9] = 0  # and one-pixel gaps between columns
+    np.testing.assert_allclose(weight_map(labels), plain_weight_map(labels), atol=TOLERANCE)
+
+
+def test_empty_mask_gives_zero_weight():
+    w = weight_map(worked_example(), mask=np.zeros((40, 40), bool))
+    assert np.all(w == 0)

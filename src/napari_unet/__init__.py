@@ -22,6 +22,7 @@ _LAZY = {
     "save_model": "model_io",
     "load_model": "model_io",
     "ModelFileError": "model_io",
+    "read_model_info": "model_io",
     "weight_map": "weights",  # numpy
     "weight_map_components": "weights",  # numpy
     "predict": "predict",

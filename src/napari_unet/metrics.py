@@ -15,7 +15,8 @@ value one object. Definitions:
 - *Rand error*: 1 - adapted Rand F-score (ISBI 2012 / SNEMI3D), counted over
   the ground-truth foreground only (ground-truth label 0 is ignored) and with
   every predicted background pixel a segment of its own (a singleton), so
-  background in the prediction costs recall but never merges objects.
+  background in the prediction costs recall but never merges objects (or,
+  optionally, predicted background as one segment: plain scikit-image).
 - *Pixel error*: fraction of pixels whose foreground/background differs.
 """
 
@@ -181,14 +182,15 @@ def foreground_iou(gt: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero((gt > 0) & (pred > 0)) / union
 
 
-def rand_error(gt: np.ndarray, pred: np.ndarray) -> float:
+def rand_error(gt: np.ndarray, pred: np.ndarray, *, background_singletons: bool = True) -> float:
     """1 - adapted Rand F-score over the ground-truth foreground (ISBI 2012 convention).
 
-    Pixels where ``gt == 0`` are ignored; within the rest, every predicted
-    background pixel is a singleton segment. Computed by
-    :func:`skimage.metrics.adapted_rand_error`. 0 means the prediction splits
-    the ground-truth foreground exactly as the ground truth does; 0.0 too when
-    ``gt`` has no foreground (nothing to evaluate).
+    Pixels where ``gt == 0`` are ignored. Within the rest, every predicted
+    background pixel is a singleton segment (SNEMI3D convention), or, with
+    ``background_singletons=False``, predicted background is one segment like
+    any other (plain :func:`skimage.metrics.adapted_rand_error`). 0 means the
+    prediction splits the ground-truth foreground exactly as the ground truth
+    does; 0.0 too when ``gt`` has no foreground (nothing to evaluate).
     """
     gt, pred = _check_pair(gt, pred)
     if not np.any(gt):
@@ -196,8 +198,9 @@ def rand_error(gt: np.ndarray, pred: np.ndarray) -> float:
     # small consecutive labels keep skimage's contingency table small
     gt = relabel_sequential(gt.astype(np.int64))[0]
     pred = relabel_sequential(pred.astype(np.int64))[0]
-    background = pred == 0
-    pred[background] = pred.max() + 1 + np.arange(np.count_nonzero(background))
+    if background_singletons:
+        background = pred == 0
+        pred[background] = pred.max() + 1 + np.arange(np.count_nonzero(background))
     error, _, _ = adapted_rand_error(gt, pred, ignore_labels=(0,))
     return float(error)
 

@@ -93,7 +93,7 @@ class UNet(nn.Module):
         self.inc = DoubleConv(config.in_channels, widths[0])
         self.downs = nn.ModuleList(Down(a, b) for a, b in pairwise(widths))
         self.dropout = nn.Dropout(config.dropout)
-        self.ups = nn.ModuleList(Up(b, a) for a, b in zip(widths[-2::-1], widths[:0:-1]))
+        self.ups = nn.ModuleList(Up(wide, narrow) for narrow, wide in pairwise(widths))[::-1]
         self.head = nn.Conv2d(widths[0], config.n_classes, kernel_size=1)
         self.reset_parameters()
 

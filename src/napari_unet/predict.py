@@ -295,7 +295,7 @@ def segment_iter(
     image,
     *,
     min_size: int = postprocess.DEFAULT_MIN_SIZE,
-    expand: int = postprocess.DEFAULT_EXPAND,
+    expand: int | None = None,
     join_slices: bool = False,
     channel_axis: int | None = None,
     out=None,
@@ -306,7 +306,8 @@ def segment_iter(
 
     Instance models: connected components of the foreground (argmax == 1), objects
     under ``min_size`` px dropped, grown by ``expand`` px to close the background gap
-    the training leaves between touching objects, ids 1..N, unique across a stack
+    the training leaves between touching objects (None: the model's training ``gap``,
+    else 1), ids 1..N, unique across a stack
     (``join_slices`` gives objects that overlap in neighbouring slices one id).
     Semantic models: argmax class ids. Probabilities are held for one plane at a time;
     ``out`` (an integer array of the spatial shape, e.g. zarr) is written plane by plane.
@@ -322,6 +323,8 @@ def segment_iter(
     run = _resolve(model, spatial[-2:], **_settings(settings))
     labels = np.zeros(spatial, dtype=np.int32) if out is None else out
     task = model.info.task
+    if expand is None:
+        expand = default_expand(model)
     probs = np.empty((model.config.n_classes, *spatial[-2:]), dtype=np.float32)
     next_id = 0
 
@@ -345,6 +348,11 @@ def segment_iter(
     if join_slices and task == "instance" and len(spatial) == 3:
         labels[...] = postprocess.join_slices(np.asarray(labels[...]))
     return labels
+
+
+def default_expand(model) -> int:
+    """Px objects grow after labelling: the ``gap`` the model was trained with, else 1."""
+    return int(model.info.training.get("gap", postprocess.DEFAULT_EXPAND))
 
 
 def _settings(settings: dict) -> dict:

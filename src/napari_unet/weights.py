@@ -12,8 +12,9 @@
 The border term is below ``1e-6 * w0`` once ``d1 + d2`` exceeds the cut-off
 ``R = sigma * sqrt(2 * ln(1e6))`` (about 26.3 px for sigma = 5); it is treated as
 exactly 0 there. This bounds the difference to the plain definition by ``1e-6 * w0``
-and lets ``d2`` be computed only within ``R`` of each object: one distance transform
-per object on its bounding box grown by ``R`` instead of on the whole image, which
+(plus float32 rounding) and means distances are only needed within ``R`` of objects
+that have another object within ``R``: one distance transform per such object on its
+bounding box grown by ``R``, instead of one per object on the whole image, which
 makes the cost near-linear in the number of pixels. See docs/weight_map.md.
 """
 
@@ -35,8 +36,8 @@ class WeightMapComponents(NamedTuple):
     class_weight: ``w_c`` (0 outside the mask).
     d1: distance to the nearest object (0 on objects, inf without objects).
     d2: distance to the nearest object other than the nearest one (on an object:
-        to the nearest other object); exact where ``d2 <= cutoff``, inf beyond
-        the cut-off and where fewer than two objects exist.
+        to the nearest other object), given where ``d1 + d2 <= cutoff``; inf
+        elsewhere (beyond the cut-off, or fewer than two objects).
     border: ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` on background pixels inside
         the mask where ``d1 + d2 <= cutoff``, else 0.
     total: ``class_weight + border``: the loss weight.
@@ -167,6 +168,7 @@ def _two_nearest_within(labels: np.ndarray, cutoff: float) -> tuple[np.ndarray, 
     d1 = np.full(shape, np.inf)
     d2 = np.full(shape, np.inf)
     margin = math.ceil(cutoff)
+    sizes = np.bincount(labels.ravel())
     for object_id, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
@@ -174,10 +176,9 @@ def _two_nearest_within(labels: np.ndarray, cutoff: float) -> tuple[np.ndarray, 
             slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape)
         )
         sub = labels[crop]
-        outside = sub != object_id
-        if not np.any(sub[outside]):  # no other object within the cut-off
+        if np.count_nonzero(sub) == sizes[object_id]:  # no other object within the cut-off
             continue
-        distance = ndi.distance_transform_edt(outside)
+        distance = ndi.distance_transform_edt(sub != object_id)
         d1_crop, d2_crop = d1[crop], d2[crop]
         np.minimum(d2_crop, np.maximum(d1_crop, distance), out=d2_crop)
         np.minimum(d1_crop, distance, out=d1_crop)
@@ -217,11 +218,10 @@ def _as_labels(labels) -> np.ndarray:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
     if labels.min() < 0:
         raise ValueError(f"labels must be >= 0 (0 = background), got {labels.min()}.")
-    labels = labels.astype(np.int64, copy=False)
-    if labels.max() > labels.size:  # sparse huge ids: renumber so find_objects stays small
-        _, inverse = np.unique(labels, return_inverse=True)
-        labels = inverse.reshape(labels.shape) + (0 if labels.min() == 0 else 1)
-    return labels
+    if labels.max() > labels.size:  # sparse or huge ids: renumber (order kept, 0 stays 0)
+        values, inverse = np.unique(labels, return_inverse=True)
+        return inverse.reshape(labels.shape) + int(values[0] != 0)
+    return labels.astype(np.intp, copy=False)
 
 
 def _as_mask(mask, shape) -> np.ndarray | None:

@@ -44,7 +44,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--channel-axis", type=int, help="axis holding the image's channels")
     parser.add_argument("--min-size", type=int, default=None, help="drop smaller objects (px)")
-    parser.add_argument("--expand", type=int, default=None, help="grow objects by N px")
+    parser.add_argument(
+        "--expand",
+        type=int,
+        default=None,
+        help="grow objects by N px (default: the model's training gap)",
+    )
     parser.add_argument(
         "--join-slices", action="store_true", help="link objects across stack slices"
     )
@@ -102,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..model_io import load_model
-    from ..postprocess import DEFAULT_EXPAND, DEFAULT_MIN_SIZE, labels_from_stack_probabilities
-    from ..predict import predict_iter, segment_iter
+    from ..postprocess import DEFAULT_MIN_SIZE, labels_from_stack_probabilities
+    from ..predict import default_expand, predict_iter, segment_iter
 
     images = find_images(args.images)
     model = load_model(args.model)
@@ -121,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         "channel_axis": args.channel_axis,
     }
     min_size = DEFAULT_MIN_SIZE if args.min_size is None else args.min_size
-    expand = DEFAULT_EXPAND if args.expand is None else args.expand
+    expand = default_expand(model) if args.expand is None else args.expand
     for path in images:
         start = time.perf_counter()
         image = read_image(path)

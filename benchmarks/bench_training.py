@@ -1,0 +1,197 @@
+"""Training benchmarks: throughput against a plain PyTorch loop, and accuracy on real data.
+
+Throughput (engine vs. a plain loop written below, same tile size, width and batch,
+run side by side, medians of repeats)::
+
+    flock /tmp/napari-unet-cpu.lock python benchmarks/bench_training.py throughput
+
+Accuracy (train for M minutes on the training split of a shared data set, evaluate
+snapshots on the held-out split: every 5th file in name order)::
+
+    flock /tmp/napari-unet-cpu.lock python benchmarks/bench_training.py accuracy \
+        --data ../shared/data/dsb2018/train --minutes 10 --json dsb.json
+
+Both print the machine, torch version and thread count with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+
+from napari_unet.config import UNetConfig
+from napari_unet.model import UNet
+from napari_unet.sample_data import make_sample
+from napari_unet.train import PRESETS, TrainSettings, train_iter
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, python {platform.python_version()}"
+    )
+
+
+# -- throughput ----------------------------------------------------------------------
+def plain_loop_steps(settings: TrainSettings, image, labels, steps: int, seed: int) -> float:
+    """Steps/s of a plain loop: fp32, NCHW, random crops + flips/rot90, weighted CE."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = settings.config()
+    model = UNet(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    size, out = settings.tile_size, config.output_size(settings.tile_size)
+    margin = (size - out) // 2
+    padded = np.pad(image, margin, mode="reflect")
+    target = (labels > 0).astype(np.int64)
+    start = time.perf_counter()
+    for _ in range(steps):
+        xs, ys = [], []
+        for _ in range(settings.batch_size):
+            y0, x0 = rng.integers(0, image.shape[0] - out), rng.integers(0, image.shape[1] - out)
+            k = int(rng.integers(4))
+            xs.append(np.rot90(padded[y0 : y0 + size, x0 : x0 + size], k).copy())
+            ys.append(np.rot90(target[y0 : y0 + out, x0 : x0 + out], k).copy())
+        x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
+        y = torch.from_numpy(np.stack(ys))
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - start)
+
+
+def engine_steps(settings: TrainSettings, image, labels, steps: int) -> float:
+    run = train_iter([image], [labels], settings=settings.replace(iterations=steps + 3))
+    times = []
+    for record in run:
+        times.append(record["elapsed"])
+    return steps / (times[-1] - times[2])  # excluding the first 3 steps (setup)
+
+
+def throughput(args) -> None:
+    settings = PRESETS["fast"].replace(
+        minutes=None, val_fraction=0.0, preview_every_s=1e9, tile_size=args.tile
+    )
+    image, labels = make_sample((512, 512), n_objects=120, seed=0)
+    print(f"machine: {machine()}")
+    print(
+        f"tile {args.tile} px, base_channels {settings.base_channels}, depth {settings.depth}, "
+        f"batch {settings.batch_size}, {args.steps} steps x {args.repeats} repeats"
+    )
+    plain, engine = [], []
+    plain_loop_steps(settings, image, labels, 2, 0)  # warm-up
+    for repeat in range(args.repeats):
+        plain.append(plain_loop_steps(settings, image, labels, args.steps, repeat))
+        engine.append(engine_steps(settings.replace(seed=repeat), image, labels, args.steps))
+        print(f"  repeat {repeat}: plain {plain[-1]:.2f} steps/s, engine {engine[-1]:.2f}")
+    p, e = statistics.median(plain), statistics.median(engine)
+    print(f"median: plain {p:.2f} steps/s, engine {e:.2f} steps/s, ratio {e / p:.2f}x")
+
+
+# -- accuracy ------------------------------------------------------------------------
+def load_split(root: Path):
+    names = sorted(p.name for p in (root / "images").glob("*.tif"))
+    pairs = [
+        (tifffile.imread(root / "images" / n), tifffile.imread(root / "labels" / n)) for n in names
+    ]
+    train = [pair for i, pair in enumerate(pairs) if i % 5 != 4]
+    held_out = [pair for i, pair in enumerate(pairs) if i % 5 == 4]
+    return train, held_out
+
+
+def evaluate_held_out(model, held_out) -> dict[str, float]:
+    """Segment every held-out image with the product's predict.segment, then score."""
+    from napari_unet import metrics
+    from napari_unet.predict import segment
+
+    gts, preds = [], []
+    for image, labels in held_out:
+        preds.append(segment(model, image))
+        gts.append(labels)
+    return {
+        "ap50": metrics.average_precision(gts, preds, iou=0.5),
+        "rand_error": float(np.mean([metrics.rand_error(g, p) for g, p in zip(gts, preds)])),
+        "pixel_error": float(np.mean([metrics.pixel_error(g, p) for g, p in zip(gts, preds)])),
+    }
+
+
+def accuracy(args) -> None:
+    train_pairs, held_out = load_split(Path(args.data))
+    changes = {"minutes": args.minutes, "iterations": None, "preview_every_s": args.snapshot_s}
+    for item in args.set or []:
+        key, value = item.split("=", 1)
+        changes[key] = json.loads(value)
+    settings = PRESETS[args.preset].replace(**changes)
+    print(f"machine: {machine()}")
+    print(f"{len(train_pairs)} training / {len(held_out)} held-out images; settings {changes}")
+    snapshots, records = [], []
+    begin = time.perf_counter()
+    run = train_iter([p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings)
+    while True:
+        try:
+            record = next(run)
+        except StopIteration as stop:
+            final = stop.value
+            break
+        if not records:
+            prep_s = time.perf_counter() - begin - record["elapsed"]
+            print(f"data preparation (targets, weight maps): {prep_s:.0f} s")
+        if "preview_model" in record:
+            snapshots.append((record["elapsed"] / 60, record.pop("preview_model")))
+        if "val" in record:
+            minutes = record["elapsed"] / 60
+            print(f"  {minutes:5.2f} min step {record['iteration']}: {record['val']}")
+        records.append({k: v for k, v in record.items() if k != "preview_model"})
+    print(f"trained {records[-1]['iteration']} steps in {records[-1]['elapsed']:.0f} s")
+    curve = []
+    for minutes, model in [*snapshots, (records[-1]["elapsed"] / 60, final)]:
+        scores = evaluate_held_out(model.cpu(), held_out)
+        curve.append({"minutes": minutes, **scores})
+        print(f"  held-out @ {minutes:5.2f} min: {scores}")
+    result = {
+        "machine": machine(),
+        "data": str(args.data),
+        "settings": settings.to_dict(),
+        "steps": records[-1]["iteration"],
+        "prep_s": prep_s,
+        "curve": curve,
+        "loss": [(r["elapsed"], r["loss"]) for r in records[:: max(1, len(records) // 500)]],
+        "val": [r["val"] | {"elapsed": r["elapsed"]} for r in records if "val" in r],
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--tile", type=int, default=188)
+    t.add_argument("--steps", type=int, default=20)
+    t.add_argument("--repeats", type=int, default=5)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--data", required=True)
+    a.add_argument("--minutes", type=float, default=10.0)
+    a.add_argument("--preset", default="fast")
+    a.add_argument("--snapshot-s", type=float, default=120.0)
+    a.add_argument("--set", action="append", help="override a setting: key=json_value")
+    a.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    UNetConfig()  # fail early on a broken install
+    {"throughput": throughput, "accuracy": accuracy}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

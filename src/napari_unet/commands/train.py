@@ -1,0 +1,137 @@
+"""``napari-unet train``: train a U-Net on folders of images and labels (matched by name)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".npy")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a U-Net on image/label folders",
+        description=(
+            "Train a U-Net on pairs IMAGES/NAME + LABELS/NAME (same file stem). Labels are "
+            "object ids (instance mode) or 0 = unannotated, 1 = background, 2.. = classes "
+            "(semantic mode). Ctrl-C stops early and still saves the best model."
+        ),
+    )
+    parser.add_argument("--images", required=True, type=Path, help="folder of images")
+    parser.add_argument("--labels", required=True, type=Path, help="folder of label images")
+    parser.add_argument("--out", required=True, type=Path, help="model file to write")
+    parser.add_argument("--minutes", type=float, help="wall-clock budget (default: preset's)")
+    parser.add_argument("--iterations", type=int, help="optimiser steps budget")
+    parser.add_argument("--preset", default="fast", help="settings preset: fast (default), paper")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    parser.add_argument("--mode", choices=("instance", "semantic"), default="instance")
+    parser.add_argument("--init", type=Path, help="model file to fine-tune / resume from")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--val-fraction", type=float, help="share of images held out for validation"
+    )
+    parser.set_defaults(func=run)
+
+
+def find_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
+    """(image, label) file pairs with the same stem, sorted by name."""
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder")
+
+    def by_stem(folder: Path) -> dict[str, Path]:
+        return {
+            p.stem: p
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        }
+
+    image_files, label_files = by_stem(images), by_stem(labels)
+    names = sorted(image_files.keys() & label_files.keys())
+    if not names:
+        raise ValueError(f"no image in {images} has a label file of the same name in {labels}")
+    return [(image_files[n], label_files[n]) for n in names]
+
+
+def read_image(path: Path):
+    import numpy as np
+
+    if path.suffix.lower() == ".npy":
+        return np.load(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    from skimage.io import imread
+
+    return imread(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..model_io import save_model
+    from ..train import PRESETS, train_iter
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    changes = {"device": args.device, "seed": args.seed}
+    if args.minutes is not None or args.iterations is not None:
+        changes.update(minutes=args.minutes, iterations=args.iterations)
+    if args.val_fraction is not None:
+        changes["val_fraction"] = args.val_fraction
+    settings = PRESETS[args.preset].replace(**changes)
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a model file name")
+
+    pairs = find_pairs(args.images, args.labels)
+    images = [read_image(i) for i, _ in pairs]
+    labels = [read_image(lab) for _, lab in pairs]
+    print(f"training on {len(pairs)} image/label pair(s) from {args.images}")
+
+    stop = {"requested": False}
+
+    def on_interrupt(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        tqdm.write("stopping after this step (Ctrl-C again to abort) ...")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    run_ = train_iter(
+        images,
+        labels,
+        mode=args.mode,
+        settings=settings,
+        init_model=args.init,
+        should_stop=lambda: stop["requested"],
+    )
+    record = {}
+    bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    try:
+        while True:
+            try:
+                record = next(run_)
+            except StopIteration as done:
+                model = done.value
+                break
+            bar.update(int(record["progress"] * 1000) - bar.n)
+            postfix = {"step": record["iteration"], "loss": f"{record['loss']:.3f}"}
+            if record.get("best") is not None:
+                postfix["best"] = f"{record['best']:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+
+    save_model(model.to("cpu"), args.out)
+    history = model.info.history
+    best = history.get("best_val")
+    print(f"trained {history['iterations']} steps in {history['seconds']:.0f} s; saved {args.out}")
+    if best:
+        print("validation (best model): " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()))
+    else:
+        print("no validation data held out (single small image or --val-fraction 0)")
+    return 0

@@ -1,0 +1,610 @@
+"""Training engine: from annotated images to a U-Net, as a generator of progress records.
+
+``train_iter`` follows the paper (random valid-size tiles with mirrored context,
+elastic deformation, pixel-wise softmax cross-entropy weighted by the border
+weight map) with settings that are fast on a CPU by default (a narrower, shallower
+net, Adam with a cosine schedule, small tile batches, bf16 autocast). The paper's
+own recipe is the ``"paper"`` preset. See docs/training.md for measurements.
+
+Usage::
+
+    run = train_iter(images, labels, settings=PRESETS["fast"], out_dir="models")
+    for record in run:           # one record per optimiser step
+        print(record["iteration"], record["loss"])
+    # or: model = train(images, labels, ...)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import AugmentSettings, augment
+from .config import ModelInfo, UNetConfig
+from .data import Plane, WeightCache, prepare_planes, split_validation
+from .model import UNet
+from .postprocess import labels_from_probabilities
+
+BEST_NAME = "best.safetensors"
+LAST_NAME = "last.safetensors"
+
+
+@dataclass
+class TrainSettings:
+    """Everything that defines a training run (stored in ``ModelInfo.training``).
+
+    Attributes:
+        base_channels, depth, dropout: network width/depth (see :class:`UNetConfig`).
+        tile_size: network input edge in px (must be valid for ``depth``); the
+            output tile is ``tile_size - shrink``.
+        batch_size: tiles per optimiser step.
+        optimizer: "adam" or "sgd".
+        lr: peak learning rate; ``schedule`` "cosine" decays it to ~0 over the
+            budget after ``warmup`` (fraction of the budget), "constant" keeps it.
+        momentum: SGD momentum (paper: 0.99).
+        weight_decay: L2 penalty.
+        iterations / minutes: budget; the first reached ends training (one needed).
+        w0, sigma: border weight parameters (paper: 10, 5 px).
+        gap: px each object is eroded by in the instance target (touching objects
+            get a ``2 * gap`` background line); prediction grows objects back by it.
+        normalization: percentiles mapped to 0 and 1 (stored in the model).
+        augment: augmentation strengths.
+        val_fraction: share of planes (or of the rows of a single plane) held out.
+        val_every_s / val_every: validate every so many seconds (stretched so that
+            validation takes at most ~10 % of the time) and/or steps.
+        val_max_planes: at most this many planes are held out.
+        preview_every_s: put a ``preview_model`` snapshot in a record this often.
+        refresh_every_s: call ``refresh`` this often.
+        device: "auto", "cpu", "cuda", "mps", ...
+        precision: "auto" (bf16 autocast where the device has fast bf16: CUDA, and
+            CPUs with AVX512-BF16/AMX), "bf16", "fp16" (CUDA) or "fp32".
+        channels_last: NHWC memory layout (faster oneDNN convolutions on CPU).
+        threads: torch CPU threads (None: torch's default).
+        seed: seeds tiles, augmentation, initialisation and the validation split.
+    """
+
+    base_channels: int = 16
+    depth: int = 3
+    dropout: float = 0.0
+    tile_size: int = 188
+    batch_size: int = 4
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup: float = 0.02
+    iterations: int | None = None
+    minutes: float | None = 10.0
+    w0: float = 10.0
+    sigma: float = 5.0
+    gap: int = 1
+    normalization: dict[str, float] = field(default_factory=lambda: {"low": 1.0, "high": 99.8})
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    val_fraction: float = 0.1
+    val_every_s: float | None = 60.0
+    val_every: int | None = None
+    val_max_planes: int = 24
+    preview_every_s: float = 5.0
+    refresh_every_s: float = 10.0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    threads: int | None = None
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be auto/bf16/fp16/fp32, got {self.precision!r}")
+        if self.iterations is None and self.minutes is None:
+            raise ValueError("give a training budget: iterations and/or minutes")
+        if isinstance(self.augment, dict):
+            self.augment = AugmentSettings(**self.augment)
+        self.config().output_size(self.tile_size)  # raises for an invalid tile size
+
+    def config(self, in_channels: int = 1, n_classes: int = 2) -> UNetConfig:
+        return UNetConfig(in_channels, n_classes, self.base_channels, self.depth, self.dropout)
+
+    def replace(self, **changes: Any) -> TrainSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Named presets. "fast" is the measured CPU default (docs/training.md); "paper" is
+#: the recipe of Ronneberger et al. 2015: 64 base channels, depth 4, dropout 0.5,
+#: one large 572-px tile per step, SGD with momentum 0.99.
+PRESETS: dict[str, TrainSettings] = {
+    "fast": TrainSettings(),
+    "paper": TrainSettings(
+        base_channels=64,
+        depth=4,
+        dropout=0.5,
+        tile_size=572,
+        batch_size=1,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.99,
+        schedule="constant",
+        warmup=0.0,
+        minutes=None,
+        iterations=10_000,
+        precision="fp32",
+        channels_last=False,
+    ),
+}
+
+
+# -- devices and precision ---------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" -> CUDA, else MPS, else CPU; other names are passed to torch."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_fast_bf16() -> bool:
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+# -- tiles -------------------------------------------------------------------------
+def _mirror_index(start: int, length: int, size: int) -> np.ndarray:
+    """Indices ``start .. start+length`` folded into ``[0, size)`` by mirroring."""
+    index = np.arange(start, start + length) % (2 * size)
+    return np.where(index >= size, 2 * size - 1 - index, index)
+
+
+class TileSource:
+    """Training planes as device tensors; draws source patches around annotated pixels."""
+
+    def __init__(self, planes: Sequence[Plane], device: torch.device, rng: np.random.Generator):
+        self.device, self.rng = device, rng
+        self.images = [torch.from_numpy(p.image).to(device) for p in planes]
+        self.targets = [torch.from_numpy(p.target).to(device) for p in planes]
+        self.weights = [torch.from_numpy(p.weight).to(device) for p in planes]
+        # flat indices of annotated pixels (None: the whole plane is annotated)
+        self.annotated = [_annotated_pixels(p.weight) for p in planes]
+        counts = np.array(
+            [p.weight.size if a is None else a.size for p, a in zip(planes, self.annotated)],
+            dtype=float,
+        )
+        if not counts.sum():
+            raise ValueError("the training region has no annotated pixel")
+        self.plane_probability = counts / counts.sum()
+        self.shapes = [p.weight.shape for p in planes]
+
+    def sample(self, batch: int, patch: int):
+        """(B, C, P, P) images, (B, P, P) targets and weights centred on annotated pixels."""
+        images, targets, weights = [], [], []
+        for index in self.rng.choice(len(self.images), size=batch, p=self.plane_probability):
+            height, width = self.shapes[index]
+            annotated = self.annotated[index]
+            if annotated is None:
+                centre = self.rng.integers(height * width)
+            else:
+                centre = self.rng.choice(annotated)
+            cy, cx = divmod(int(centre), width)
+            rows = torch.from_numpy(_mirror_index(cy - patch // 2, patch, height)).to(self.device)
+            cols = torch.from_numpy(_mirror_index(cx - patch // 2, patch, width)).to(self.device)
+            images.append(self.images[index][:, rows][:, :, cols])
+            targets.append(self.targets[index][rows][:, cols])
+            weights.append(self.weights[index][rows][:, cols])
+        return torch.stack(images), torch.stack(targets), torch.stack(weights)
+
+
+def _annotated_pixels(weight: np.ndarray) -> np.ndarray | None:
+    inside = weight > 0
+    return None if inside.all() else np.flatnonzero(inside).astype(np.int32)
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy weighted by ``weight``, normalised by its sum."""
+    loss = F.cross_entropy(logits.float(), target, reduction="none")
+    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# -- whole-plane inference and validation ------------------------------------------
+@torch.no_grad()
+def predict_plane(
+    model: UNet, image: np.ndarray, device: torch.device, dtype: torch.dtype | None = None
+) -> np.ndarray:
+    """Class probabilities (n_classes, Y, X) of a normalised (C, Y, X) plane in one pass.
+
+    The plane is mirror-padded by the context margin and up to a valid input size.
+    Used for validation; :mod:`napari_unet.predict` tiles large images instead.
+    """
+    config = model.config
+    height, width = image.shape[-2:]
+    margin = config.context_margin
+    sizes = [config.input_size_for_output(s) for s in (height, width)]
+    rows = _mirror_index(-margin, sizes[0], height)
+    cols = _mirror_index(-margin, sizes[1], width)
+    x = torch.from_numpy(np.ascontiguousarray(image[:, rows][:, :, cols]))[None].to(device)
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = model(x)
+    probs = torch.softmax(logits.float(), 1)[0, :, :height, :width]
+    return probs.cpu().numpy()
+
+
+def probabilities_to_labels(probs: np.ndarray, task: str, gap: int) -> np.ndarray:
+    """Labels as the user paints them: instances grown back by ``gap`` (as
+    :func:`napari_unet.predict.segment` does), semantic classes as 1 = background, 2.."""
+    labels = labels_from_probabilities(probs, task=task, expand=gap)
+    return labels + 1 if task == "semantic" else labels
+
+
+def evaluate(
+    model: UNet,
+    planes: Sequence[Plane],
+    task: str,
+    gap: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Validation metrics on held-out planes, restricted to their annotated region.
+
+    Instance: ``ap50`` (TP/(TP+FP+FN) at IoU 0.5 over all planes), ``iou``
+    (foreground IoU), ``rand_error`` (foreground-restricted). Semantic: ``iou``
+    (mean over classes) and ``pixel_error``.
+    """
+    from . import metrics
+
+    was_training = model.training
+    model.eval()
+    gts, preds = [], []
+    for plane in planes:
+        region = plane.weight > 0
+        rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        labels = probabilities_to_labels(
+            predict_plane(model, plane.image, device, dtype), task, gap
+        )
+        inside = region[box]
+        gts.append(np.where(inside, plane.labels[box], 0))
+        preds.append(np.where(inside, labels[box], 0))
+    model.train(was_training)
+    if task == "semantic":
+        gt = np.concatenate([g.ravel() for g in gts])
+        pr = np.concatenate([p.ravel() for p in preds])
+        annotated = gt > 0
+        classes = np.unique(gt[annotated])
+        ious = [
+            np.sum((gt == c) & (pr == c) & annotated) / np.sum(((gt == c) | (pr == c)) & annotated)
+            for c in classes
+        ]
+        return {
+            "iou": float(np.mean(ious)),
+            "pixel_error": float(np.mean(gt[annotated] != pr[annotated])),
+        }
+    return {
+        "ap50": float(metrics.average_precision(gts, preds, iou=0.5)),
+        "iou": float(np.mean([metrics.foreground_iou(g, p) for g, p in zip(gts, preds)])),
+        "rand_error": float(np.mean([metrics.rand_error(g, p) for g, p in zip(gts, preds)])),
+    }
+
+
+def score(metrics: dict[str, float]) -> float:
+    """The number the best model maximises: AP@0.5 for instances, mean IoU for classes."""
+    return metrics.get("ap50", metrics.get("iou", 0.0))
+
+
+# -- the engine --------------------------------------------------------------------
+def _initial_model(init_model, settings, in_channels, n_classes, mode, device) -> UNet:
+    if init_model is None:
+        info = ModelInfo(
+            task=mode,
+            class_names=["background"]
+            + (
+                ["foreground"]
+                if mode == "instance"
+                else [f"class {c}" for c in range(1, n_classes)]
+            ),
+            normalization=dict(settings.normalization),
+        )
+        return UNet(settings.config(in_channels, n_classes), info).to(device)
+    if isinstance(init_model, (str, Path)):
+        from .model_io import load_model
+
+        init_model = load_model(init_model, device=str(device))
+    model = copy.deepcopy(init_model).to(device)
+    config = model.config
+    if config.in_channels != in_channels:
+        raise ValueError(
+            f"the model takes {config.in_channels} input channel(s) but the images have "
+            f"{in_channels}"
+        )
+    if model.info.task != mode:
+        raise ValueError(f"the model was trained for {model.info.task!r}, not {mode!r} labels")
+    if config.n_classes != n_classes:
+        raise ValueError(
+            f"the model predicts {config.n_classes} classes but the labels have {n_classes}"
+        )
+    if not config.is_valid_input(settings.tile_size):
+        raise ValueError(config._invalid_message(settings.tile_size))
+    return model
+
+
+def _save(model: UNet, path: Path) -> None:
+    """Save a CPU copy atomically; a failure (e.g. a full disk) leaves older files intact."""
+    from .model_io import save_model
+
+    snapshot = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
+    try:
+        save_model(snapshot, path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OSError(f"could not save the model to {path}: {reason}") from error
+
+
+def train_iter(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    masks: Sequence[np.ndarray | None] | None = None,
+    mode: str = "instance",
+    settings: TrainSettings | None = None,
+    init_model: UNet | str | Path | None = None,
+    out_dir: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    refresh: Callable[[], tuple | None] | None = None,
+    channel_axis: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Train a U-Net, yielding one record per optimiser step; returns the best model.
+
+    Args:
+        images, labels, masks: training pairs (see :func:`napari_unet.data.prepare_planes`).
+        mode: "instance" or "semantic" (scribbles).
+        settings: a :class:`TrainSettings` (default ``PRESETS["fast"]``).
+        init_model: a UNet or model file to fine-tune/resume from (its width, depth,
+            normalisation and classes are kept; the optimiser starts afresh).
+        out_dir: if given, ``best.safetensors`` (best validation score) and ``last.safetensors``
+            are written there; ``best`` on every improvement, both at the end.
+        should_stop: polled before every step; True ends training gracefully.
+        refresh: called every ``settings.refresh_every_s``; may return new
+            ``(images, labels, masks)`` (e.g. the user painted more). Only changed
+            planes get new weight maps.
+
+    Yields:
+        dict with ``iteration``, ``loss``, ``lr``, ``elapsed`` (s), ``progress``
+        (0..1), ``val`` (metrics dict, when computed), ``best`` (best validation
+        score so far), ``preview_model`` (an eval-mode copy, every
+        ``preview_every_s``).
+
+    Returns:
+        the best model by validation (the last one without validation data), on
+        the training device, in eval mode.
+    """
+    settings = settings or PRESETS["fast"]
+    should_stop = should_stop or (lambda: False)
+    device = resolve_device(settings.device)
+    dtype = autocast_dtype(device, settings.precision)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng.integers(2**62)))
+
+    n_classes = None
+    norm = settings.normalization
+    if init_model is not None and not isinstance(init_model, (str, Path)):
+        n_classes, norm = init_model.config.n_classes, init_model.info.normalization
+    elif isinstance(init_model, (str, Path)):
+        from .model_io import load_model
+
+        init_model = load_model(init_model, device="cpu")
+        n_classes, norm = init_model.config.n_classes, init_model.info.normalization
+    cache = WeightCache()
+
+    def load(images, labels, masks):
+        planes, channels, classes = prepare_planes(
+            images, labels, masks, mode=mode, gap=settings.gap, w0=settings.w0,
+            sigma=settings.sigma, normalization=norm, channel_axis=channel_axis,
+            n_classes=n_classes, cache=cache,
+        )  # fmt: skip
+        train_planes, val_planes = split_validation(
+            planes, settings.val_fraction, np.random.default_rng(settings.seed),
+            settings.val_max_planes,
+        )  # fmt: skip
+        return train_planes, val_planes, channels, classes
+
+    train_planes, val_planes, in_channels, n_classes = load(images, labels, masks)
+    model = _initial_model(init_model, settings, in_channels, n_classes, mode, device)
+    model.info.training = {**settings.to_dict(), "gap": settings.gap, "mode": mode}
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    source = TileSource(train_planes, device, rng)
+
+    if settings.optimizer == "adam":
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    input_size = settings.tile_size
+    output_size = model.config.output_size(input_size)
+    patch = settings.augment.patch_size(input_size)
+    budget_s = settings.minutes * 60 if settings.minutes is not None else math.inf
+    budget_it = settings.iterations if settings.iterations is not None else math.inf
+
+    best_score, best_state, best_metrics = -math.inf, None, None
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    last_preview = last_refresh = start
+    next_val = start + (settings.val_every_s or math.inf)
+    iteration, loss_value = 0, float("nan")
+
+    def progress_now() -> float:
+        elapsed = time.perf_counter() - start
+        return min(1.0, max(iteration / budget_it, elapsed / budget_s))
+
+    def validate() -> dict[str, float]:
+        nonlocal best_score, best_state, best_metrics
+        metrics = evaluate(model, val_planes, mode, settings.gap, device, dtype)
+        history.append({"iteration": iteration, "elapsed": time.perf_counter() - start, **metrics})
+        if score(metrics) > best_score:
+            best_score, best_metrics = score(metrics), metrics
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if out_dir is not None:
+                _save(
+                    _with_history(model, iteration, start, best_metrics, history),
+                    out_dir / BEST_NAME,
+                )
+        return metrics
+
+    while progress_now() < 1.0 and not should_stop():
+        now = time.perf_counter()
+        if refresh is not None and now - last_refresh >= settings.refresh_every_s:
+            last_refresh = now
+            new = refresh()
+            if new is not None:
+                train_planes, val_planes, _, _ = load(*new)
+                source = TileSource(train_planes, device, rng)
+
+        fraction = progress_now()
+        lr = _learning_rate(settings, fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sources = source.sample(settings.batch_size, patch)
+        x, target, weight = augment(*sources, input_size, output_size, settings.augment, generator)
+        if settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        loss = weighted_cross_entropy(logits, target, weight)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        iteration += 1
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"training diverged at step {iteration} (loss {loss_value}); lower the lr"
+            )
+
+        now = time.perf_counter()
+        record: dict[str, Any] = {
+            "iteration": iteration,
+            "loss": loss_value,
+            "lr": lr,
+            "elapsed": now - start,
+            "progress": progress_now(),
+        }
+        due_time = now >= next_val
+        due_step = settings.val_every is not None and iteration % settings.val_every == 0
+        if val_planes and (due_time or due_step):
+            record["val"] = validate()
+            spent, now = time.perf_counter() - now, time.perf_counter()
+            # validation takes at most ~10 % of the time, however slow it is
+            next_val = now + max(settings.val_every_s or math.inf, 9 * spent)
+        if now - last_preview >= settings.preview_every_s:
+            last_preview = now
+            record["preview_model"] = _snapshot(model)
+        record["best"] = best_score if best_state is not None else None
+        yield record
+
+    if val_planes and iteration > 0:
+        final = validate()
+        yield {
+            "iteration": iteration,
+            "loss": loss_value,
+            "lr": 0.0,
+            "elapsed": time.perf_counter() - start,
+            "progress": 1.0,
+            "val": final,
+            "best": best_score,
+        }
+    _with_history(model, iteration, start, best_metrics, history)
+    if out_dir is not None:
+        _save(model, out_dir / LAST_NAME)
+        if best_state is None:
+            _save(model, out_dir / BEST_NAME)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return _snapshot(model)
+
+
+def _with_history(model, iteration, start, best_metrics, history) -> UNet:
+    model.info.history = {
+        "iterations": iteration,
+        "seconds": round(time.perf_counter() - start, 1),
+        "best_val": best_metrics,
+        "val": history,
+    }
+    return model
+
+
+def _snapshot(model: UNet) -> UNet:
+    snapshot = copy.deepcopy(model).eval()
+    return snapshot.to(memory_format=torch.contiguous_format)
+
+
+def _learning_rate(settings: TrainSettings, progress: float) -> float:
+    if settings.warmup > 0 and progress < settings.warmup:
+        return settings.lr * max(progress / settings.warmup, 0.01)
+    if settings.schedule == "constant":
+        return settings.lr
+    span = (progress - settings.warmup) / max(1e-9, 1 - settings.warmup)
+    return settings.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, span)))
+
+
+def train(images, labels, **kwargs) -> UNet:
+    """Drain :func:`train_iter` and return the best model."""
+    run = train_iter(images, labels, **kwargs)
+    while True:
+        try:
+            next(run)
+        except StopIteration as stop:
+            return stop.value

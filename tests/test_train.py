@@ -1,0 +1,160 @@
+"""Training engine: records, budgets, stopping, saving, resuming, refresh, bad input."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.model_io import load_model
+from napari_unet.sample_data import make_sample
+from napari_unet.train import (
+    BEST_NAME,
+    LAST_NAME,
+    PRESETS,
+    TrainSettings,
+    _learning_rate,
+    train,
+    train_iter,
+)
+
+TINY = TrainSettings(
+    base_channels=4,
+    depth=2,
+    tile_size=60,
+    batch_size=2,
+    iterations=4,
+    minutes=None,
+    val_fraction=0.0,
+    precision="fp32",
+    preview_every_s=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    samples = [make_sample((64, 64), n_objects=6, seed=s) for s in range(3)]
+    return [s[0] for s in samples], [s[1] for s in samples]
+
+
+def drain(run):
+    records = []
+    while True:
+        try:
+            records.append(next(run))
+        except StopIteration as stop:
+            return records, stop.value
+
+
+def test_records_and_budget_by_iterations(pairs):
+    records, model = drain(train_iter(*pairs, settings=TINY))
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in records)
+    assert records[-1]["progress"] == 1.0
+    assert not records[0]["preview_model"].training
+    assert model.info.training["gap"] == 1 and model.info.task == "instance"
+    assert model.info.history["iterations"] == 4
+
+
+def test_budget_by_minutes_stops_in_time(pairs):
+    settings = TINY.replace(iterations=None, minutes=1.5 / 60)
+    records, _ = drain(train_iter(*pairs, settings=settings))
+    assert 1.4 < records[-1]["elapsed"] < 10.0  # one step past the budget at most
+
+
+def test_should_stop_ends_between_steps_and_saves_loadable_models(pairs, tmp_path):
+    settings = TINY.replace(iterations=1000, val_fraction=0.34, val_every=2)
+    run = train_iter(*pairs, settings=settings, out_dir=tmp_path, should_stop=lambda: calls())
+    count = iter(range(100))
+
+    def calls():
+        return next(count) >= 5
+
+    records, model = drain(run)
+    assert max(r["iteration"] for r in records) == 5
+    assert "val" in records[-1] and set(records[-1]["val"]) >= {"ap50", "iou", "rand_error"}
+    best, last = load_model(tmp_path / BEST_NAME), load_model(tmp_path / LAST_NAME)
+    assert last.info.history["iterations"] == 5
+    x = torch.rand(1, 1, 60, 60)
+    torch.testing.assert_close(best(x), model.cpu()(x))  # returned model is the best one
+
+
+def test_training_learns_the_sample():
+    image, labels = make_sample((96, 96), n_objects=8, seed=0)
+    settings = TINY.replace(iterations=40, lr=1e-2, precision="auto")
+    records, _ = drain(train_iter([image], [labels], settings=settings))
+    first = np.mean([r["loss"] for r in records[:5]])
+    last = np.mean([r["loss"] for r in records[-5:]])
+    assert last < 0.7 * first
+
+
+def test_seeded_runs_are_reproducible(pairs):
+    a, _ = drain(train_iter(*pairs, settings=TINY))
+    b, _ = drain(train_iter(*pairs, settings=TINY))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_fine_tune_from_file_and_channel_mismatch(pairs, tmp_path):
+    _, model = drain(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
+    _, tuned = drain(train_iter(*pairs, settings=TINY, init_model=tmp_path / LAST_NAME))
+    assert tuned.config == model.config
+    rgb = [np.stack([i, i, i], -1) for i in pairs[0]]
+    with pytest.raises(ValueError, match="input channel"):
+        drain(train_iter(rgb, pairs[1], settings=TINY, init_model=tmp_path / LAST_NAME))
+
+
+def test_semantic_scribbles(pairs):
+    scribbles = np.zeros((64, 64), np.uint8)
+    scribbles[2:10, 2:30] = 1
+    scribbles[30:40, 30:40] = 2
+    scribbles[50:60, 5:15] = 3
+    _, model = drain(train_iter([pairs[0][0]], [scribbles], mode="semantic", settings=TINY))
+    assert model.config.n_classes == 3 and model.info.task == "semantic"
+
+
+def test_refresh_updates_data_and_recomputes_only_changed_weights(pairs):
+    images, labels = pairs
+    more = [lab.copy() for lab in labels]
+    more[0][:5, :5] = 99
+    calls = []
+
+    def refresh():
+        calls.append(1)
+        return (images, more, None) if len(calls) == 1 else None
+
+    settings = TINY.replace(refresh_every_s=0.0, iterations=3)
+    records, _ = drain(train_iter(images, labels, settings=settings, refresh=refresh))
+    assert len(calls) >= 2 and len(records) == 3
+
+
+def test_full_disk_while_saving_keeps_the_previous_file(pairs, tmp_path, monkeypatch):
+    drain(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
+    before = (tmp_path / LAST_NAME).read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("napari_unet.model_io.save_file", no_space)
+    with pytest.raises(OSError, match=r"could not save the model .* No space left"):
+        drain(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
+    assert (tmp_path / LAST_NAME).read_bytes() == before
+
+
+def test_presets_and_schedule():
+    paper = PRESETS["paper"]
+    assert paper.optimizer == "sgd" and paper.momentum == 0.99 and paper.batch_size == 1
+    assert paper.base_channels == 64 and paper.config().output_size(paper.tile_size) == 388
+    assert "fast" in PRESETS
+    settings = TrainSettings(lr=1.0, warmup=0.1)
+    assert _learning_rate(settings, 0.05) == pytest.approx(0.5)
+    assert _learning_rate(settings, 0.1) == pytest.approx(1.0)
+    assert _learning_rate(settings, 1.0) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="not valid"):
+        TrainSettings(tile_size=101)
+
+
+def test_train_drains(pairs):
+    model = train(*pairs, settings=TINY)
+    assert model.config.base_channels == 4
