@@ -81,7 +81,7 @@ def engine_steps(settings: TrainSettings, image, labels, steps: int) -> float:
 
 def throughput(args) -> None:
     settings = PRESETS["fast"].replace(
-        minutes=None, val_fraction=0.0, preview_every_s=1e9, tile_size=args.tile
+        minutes=None, iterations=1, val_fraction=0.0, preview_every_s=1e9, tile_size=args.tile
     )
     image, labels = make_sample((512, 512), n_objects=120, seed=0)
     print(f"machine: {machine()}")
@@ -116,8 +116,9 @@ def evaluate_held_out(model, held_out) -> dict[str, float]:
     from napari_unet.predict import segment
 
     gts, preds = [], []
+    expand = model.info.training.get("gap", 1)  # grow objects back by the training gap
     for image, labels in held_out:
-        preds.append(segment(model, image))
+        preds.append(segment(model, image, expand=expand))
         gts.append(labels)
     return {
         "ap50": metrics.average_precision(gts, preds, iou=0.5),

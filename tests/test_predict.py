@@ -327,3 +327,18 @@ def test_objects_grow_back_by_the_gap_the_model_was_trained_with():
     model.info.training["gap"] = 2
     expected = labels_from_probabilities(probs, min_size=1, expand=2)
     assert np.array_equal(segment(model, image, min_size=1, **EXACT), expected)
+
+
+def test_lazy_multichannel_stack_matches_numpy():
+    da = pytest.importorskip("dask.array")
+    model = tiny(depth=2, in_channels=2)
+    stack = np.stack(
+        [np.stack([structured((40, 44), seed=z + c) for c in range(2)]) for z in range(3)]
+    )  # (Z, C, Y, X)
+    expected = predict(model, stack, channel_axis=1, **EXACT)
+    assert expected.shape == (2, 3, 40, 44)
+    lazy = da.from_array(stack, chunks=(1, 2, 20, 20))
+    np.testing.assert_allclose(predict(model, lazy, channel_axis=1, **EXACT), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        predict(model, stack[1], channel_axis=0, **EXACT), expected[:, 1], atol=1e-6
+    )

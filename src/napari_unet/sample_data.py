@@ -47,7 +47,7 @@ def make_sample(
     texture = 1.0 + 0.15 * ndi.gaussian_filter(rng.normal(size=shape), 1.5) / 0.15
     image = np.where(labels > 0, brightness[labels], 0.0) * np.clip(texture, 0.6, 1.4)
     seams = find_boundaries(labels, mode="inner") & (ndi.grey_erosion(labels, size=3) > 0)
-    image[seams] *= 0.55
+    image[seams] *= 0.3
     image = ndi.gaussian_filter(image, 1.0) + 0.08
     image += rng.normal(scale=0.04, size=shape)
     return image.astype(np.float32), labels

@@ -1,0 +1,22 @@
+"""File dialogs for model files (module functions, so tests can replace them)."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QFileDialog, QWidget
+
+MODEL_SUFFIX = ".safetensors"
+MODEL_FILTER = f"U-Net model (*{MODEL_SUFFIX});;All files (*)"
+
+
+def ask_open_model(parent: QWidget | None) -> str | None:
+    """Ask for a model file to load; None when the user cancels."""
+    path, _ = QFileDialog.getOpenFileName(parent, "Load U-Net model", "", MODEL_FILTER)
+    return path or None
+
+
+def ask_save_model(parent: QWidget | None, suggestion: str = "unet" + MODEL_SUFFIX) -> str | None:
+    """Ask where to save the model; None when the user cancels."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Save U-Net model", suggestion, MODEL_FILTER)
+    if path and not path.endswith(MODEL_SUFFIX) and "." not in path.rsplit("/", 1)[-1]:
+        path += MODEL_SUFFIX
+    return path or None

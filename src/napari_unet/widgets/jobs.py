@@ -1,0 +1,210 @@
+"""The long computations the widgets start, as generators (no Qt, no napari).
+
+Each job yields progress and returns its result; the widgets drain them in
+``napari.qt.threading.create_worker`` threads, so they can also be run and
+tested plainly: ``result = drain(job(...))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..weights import weight_map_components
+
+
+def drain(job: Generator[Any, Any, Any]) -> Any:
+    """Run a job to the end and return its result."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value
+
+
+# -- weight map ---------------------------------------------------------------------------
+def weight_map_job(
+    labels: np.ndarray, *, w0: float, sigma: float, components: bool = False
+) -> Generator[tuple[int, int], None, dict[str, np.ndarray]]:
+    """The paper's loss weight for ``labels``, one 2D slice at a time.
+
+    Args:
+        labels: (..., Y, X) instance labels; leading axes are slices.
+        components: also return the terms ``"w_c"``, ``"d1+d2"`` and ``"border"``.
+
+    Yields:
+        (done, total) slices.
+
+    Returns:
+        ``{"weight": total, ...}``: float32 arrays of the labels' shape. ``"d1+d2"``
+        is capped at the distance beyond which the border term is 0 (instead of inf).
+    """
+    labels = np.asarray(labels)
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    names = ["weight", "w_c", "d1+d2", "border"] if components else ["weight"]
+    out = {name: np.empty(planes.shape, np.float32) for name in names}
+    for z, plane in enumerate(planes):
+        yield z, len(planes)
+        parts = weight_map_components(plane, w0=w0, sigma=sigma)
+        out["weight"][z] = parts.total
+        if components:
+            out["w_c"][z] = parts.class_weight
+            out["d1+d2"][z] = np.minimum(parts.d1 + parts.d2, parts.cutoff)
+            out["border"][z] = parts.border
+    yield len(planes), len(planes)
+    return {name: array.reshape(labels.shape) for name, array in out.items()}
+
+
+# -- segmentation -------------------------------------------------------------------------
+def segment_job(
+    model: Any,
+    image: Any,
+    *,
+    channel_axis: int | None = None,
+    probabilities: bool = False,
+    device: str | None = None,
+) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray | None]]:
+    """Labels (and optionally class probabilities) of ``image`` with ``model``.
+
+    Args:
+        image: (Y, X) or (Z, Y, X), with a channel axis for multi-channel models;
+            numpy, dask or zarr (read tile by tile).
+        channel_axis: as in :func:`napari_unet.predict.predict_iter`.
+        probabilities: also return the probabilities (computed once, for both).
+
+    Yields:
+        (done, total) tiles.
+
+    Returns:
+        (labels, probabilities): int32 labels of the spatial shape and float32
+        (n_classes, *spatial) probabilities, or None when not asked for.
+    """
+    from .. import postprocess
+    from ..predict import predict_iter, segment_iter
+
+    if not probabilities:
+        labels = yield from segment_iter(model, image, channel_axis=channel_axis, device=device)
+        return labels, None
+    probs = yield from predict_iter(model, image, channel_axis=channel_axis, device=device)
+    planes = probs.reshape(probs.shape[0], -1, *probs.shape[-2:])
+    labels = np.zeros(planes.shape[1:], np.int32)
+    next_id = 0
+    for z in range(planes.shape[1]):
+        plane = postprocess.labels_from_probabilities(planes[:, z], task=model.info.task)
+        if model.info.task == "instance":
+            plane[plane > 0] += next_id  # ids stay unique across a stack
+            next_id = max(next_id, int(plane.max()))
+        labels[z] = plane
+    return labels.reshape(probs.shape[1:]), probs
+
+
+# -- training -----------------------------------------------------------------------------
+#: largest edge (px) of the region predicted for the live preview
+MAX_PREVIEW_EDGE = 768
+
+
+@dataclass
+class PreviewSource:
+    """Where the live preview comes from.
+
+    Attributes:
+        data: the image array (numpy, dask or zarr).
+        channel_axis: its channel axis, or None.
+        spatial_axes: its (Y, X) or (Z, Y, X) axes.
+        region: returns the visible part as ``(z, rows, cols)`` (z None for 2D
+            images), or None when there is nothing to preview; called from the
+            worker thread, so it must only read values the UI thread stored.
+    """
+
+    data: Any
+    channel_axis: int | None
+    spatial_axes: tuple[int, ...]
+    region: Callable[[], tuple[int | None, slice, slice] | None]
+
+
+def train_job(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    masks: list[np.ndarray | None],
+    *,
+    mode: str,
+    settings: Any,
+    init_model: Any = None,
+    should_stop: Callable[[], bool] | None = None,
+    refresh: Callable[[], tuple | None] | None = None,
+    preview: PreviewSource | None = None,
+) -> Generator[dict[str, Any], None, Any]:
+    """:func:`napari_unet.train.train_iter` with a live preview; returns the best model.
+
+    Each ``preview_model`` snapshot the engine yields is replaced by
+    ``record["preview"] = (values, origin)``: the snapshot's prediction for the
+    region ``preview.region()`` (foreground probability for instance models,
+    class ids for semantic ones) and the region's origin ``(z, y, x)``. torch's
+    thread count is restored afterwards (``settings.threads`` may lower it to
+    leave a core to the UI).
+    """
+    import torch
+
+    from ..train import train_iter
+
+    threads_before = torch.get_num_threads()
+    run = train_iter(
+        images, labels, masks=masks, mode=mode, settings=settings, init_model=init_model,
+        should_stop=should_stop, refresh=refresh,
+    )  # fmt: skip
+    try:
+        while True:
+            try:
+                record = next(run)
+            except StopIteration as stop:
+                return stop.value
+            snapshot = record.pop("preview_model", None)
+            if snapshot is not None and preview is not None:
+                shown = preview_prediction(snapshot, preview)
+                if shown is not None:
+                    record["preview"] = shown
+            yield record
+    finally:
+        run.close()
+        torch.set_num_threads(threads_before)
+
+
+def preview_prediction(model: Any, source: PreviewSource) -> tuple[np.ndarray, tuple] | None:
+    """The model's prediction for the visible region of ``source`` (see :func:`train_job`)."""
+    from ..predict import predict
+
+    region = source.region()
+    if region is None:
+        return None
+    z, rows, cols = region
+    rows, cols = _clamp(rows), _clamp(cols)
+    if rows.stop - rows.start < 2 or cols.stop - cols.start < 2:
+        return None
+    index: list[Any] = [slice(None)] * len(source.data.shape)
+    y_axis, x_axis = source.spatial_axes[-2:]
+    index[y_axis], index[x_axis] = rows, cols
+    if len(source.spatial_axes) == 3:
+        index[source.spatial_axes[0]] = z
+    crop = np.asarray(source.data[tuple(index)])
+    channel_axis = source.channel_axis
+    if (
+        channel_axis is not None
+        and len(source.spatial_axes) == 3
+        and source.spatial_axes[0] < channel_axis
+    ):
+        channel_axis -= 1  # the z axis was indexed away
+    probs = predict(model, crop, channel_axis=channel_axis)
+    values = probs[1] if model.info.task == "instance" else probs.argmax(0).astype(np.int32)
+    return values, (z, rows.start, cols.start)
+
+
+def _clamp(span: slice) -> slice:
+    """At most MAX_PREVIEW_EDGE px around the centre of ``span``."""
+    start, stop = span.start, span.stop
+    if stop - start > MAX_PREVIEW_EDGE:
+        start = (start + stop - MAX_PREVIEW_EDGE) // 2
+        stop = start + MAX_PREVIEW_EDGE
+    return slice(start, stop)

@@ -1,0 +1,195 @@
+"""Segment widget: one click from an image layer to a labels layer.
+
+The model is the viewer's current one (just trained in the Train widget, or
+loaded from a file here). The result goes to "<image> segmentation"; running
+again replaces that layer, never a layer the user made or painted on.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, Container, Label, ProgressBar, PushButton
+from napari.layers import Image
+from napari.utils.notifications import show_error
+
+from . import _dialogs
+from ._layers import BadChoice, ImageInput, follow_layers, image_input, layer_combo, selected
+from ._layers import show_output as _show_output
+from ._layout import column, row
+from ._workers import ProgressBar as NapariProgress
+from ._workers import start_job
+from .jobs import segment_job
+from .model_store import model_store
+
+
+class SegmentWidget(Container):
+    """Image layer + current model -> "<image> segmentation" labels layer.
+
+    Attributes:
+        image_layer: the image to segment (2D, stack, RGB, multi-channel, lazy).
+        model_info: which model is loaded.
+        load_button: replace the current model with one from a file.
+        show_probabilities: also add the class probabilities as image layers.
+        segment_button, cancel_button: start / cancel (between two tiles).
+        progress: tiles done.
+        status: what happened last.
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        self.viewer = napari_viewer
+        self.store = model_store(napari_viewer)
+        self.image_layer = layer_combo(
+            napari_viewer, Image, "image", skip_outputs=True, tooltip="image to segment"
+        )
+        self.model_info = Label(label="model")
+        self.model_info.native.setWordWrap(True)
+        self.load_button = PushButton(text="Load model from file...")
+        self.show_probabilities = CheckBox(text="also show probabilities", value=False)
+        self.segment_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = row(self.segment_button, self.cancel_button)
+        self.progress = ProgressBar(value=0, max=1, visible=False)
+        self.status = Label()
+        super().__init__(
+            widgets=[
+                self.image_layer,
+                self.model_info,
+                self.load_button,
+                self.show_probabilities,
+                buttons,
+                column(self.progress, self.status),
+            ]
+        )
+        follow_layers(napari_viewer, self)
+        self._worker = None
+        self._bar: NapariProgress | None = None
+        self.load_button.changed.connect(self.load_model)
+        self.segment_button.changed.connect(self.segment)
+        self.cancel_button.changed.connect(self.cancel)
+        self.store.changed.connect(self._show_model)
+        self._show_model()
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _show_model(self) -> None:
+        self.model_info.value = self.store.describe()
+
+    # -- actions --------------------------------------------------------------------------
+    def load_model(self) -> None:
+        """Ask for a model file and make it the current model."""
+        from ..model_io import ModelFileError, load_model
+
+        path = _dialogs.ask_open_model(self.native)
+        if not path:
+            return
+        try:
+            model = load_model(path)
+        except (ModelFileError, OSError) as error:
+            show_error(f"could not load the model: {error}")
+            return
+        self.store.set(model, f"file {path}")
+
+    def segment(self) -> None:
+        """Segment the chosen image with the current model in a thread worker."""
+        if self._worker is not None:
+            return
+        try:
+            layer = selected(self.image_layer, "an image layer")
+            model = self.store.model
+            if model is None:
+                raise BadChoice("no model loaded: train one in 'Train U-Net' or load a file")
+            source = image_input(layer, model.config.in_channels)
+        except BadChoice as error:
+            show_error(str(error))
+            return
+        self._bar = NapariProgress(f"segmenting {layer.name}", cancel=self.cancel)
+        self.progress.visible = True
+        self.progress.value = 0
+        self.status.value = f"segmenting '{layer.name}'..."
+        self.segment_button.enabled, self.cancel_button.enabled = False, True
+        self._worker = start_job(
+            segment_job,
+            model,
+            source.data,
+            channel_axis=source.channel_axis,
+            probabilities=self.show_probabilities.value,
+            on_yield=self._progress,
+            on_return=partial(self._show, layer, source, model),
+            on_finish=self._finished,
+            error_prefix="segmentation failed",
+        )
+        self._worker.aborted.connect(self._cancelled)
+
+    def cancel(self) -> None:
+        """Stop the running segmentation after the current tile; no layer is changed."""
+        if self._worker is not None:
+            self.status.value = "cancelling..."
+            self._worker.quit()
+
+    # -- worker callbacks (UI thread) -----------------------------------------------------
+    def _progress(self, done_total: tuple[int, int]) -> None:
+        done, total = done_total
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+        if self._bar is not None:
+            self._bar.set(done, total)
+
+    def _cancelled(self) -> None:
+        self.status.value = "cancelled: no layer was changed"
+
+    def _finished(self) -> None:
+        self._worker = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.progress.visible = False
+        self.segment_button.enabled, self.cancel_button.enabled = True, False
+
+    def _show(
+        self,
+        layer: Image,
+        source: ImageInput,
+        model: Any,
+        result: tuple[np.ndarray, np.ndarray | None],
+    ) -> None:
+        labels, probabilities = result
+        if layer not in self.viewer.layers:
+            self.status.value = f"'{layer.name}' was removed: result dropped"
+            return
+        out = _show_output(
+            self.viewer,
+            labels,
+            kind="labels",
+            role="segmentation",
+            source=layer,
+            name=f"{layer.name} segmentation",
+            placement=source,
+        )
+        if probabilities is not None:
+            names = model.info.class_names
+            # background is 1 - the rest; instance models show the foreground only
+            for k in range(1, probabilities.shape[0]):
+                _show_output(
+                    self.viewer,
+                    probabilities[k],
+                    kind="image",
+                    role=f"probability {k}",
+                    source=layer,
+                    name=f"{layer.name} p({names[k] if k < len(names) else k})",
+                    placement=source,
+                    colormap="magma",
+                    contrast_limits=(0.0, 1.0),
+                    blending="additive",
+                    visible=k == 1,
+                )
+            self.viewer.layers.move(self.viewer.layers.index(out), len(self.viewer.layers))
+        if model.info.task == "instance":
+            count, what = int(labels.max()), "objects"  # ids are 1..N
+        else:
+            count, what = int(np.count_nonzero(np.bincount(labels.ravel())[1:])), "classes"
+        self.status.value = f"{count} {what} in '{out.name}'"

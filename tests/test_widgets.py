@@ -1,0 +1,405 @@
+"""GUI tests of the Train, Segment and Weight-map widgets in a real napari viewer.
+
+Everything runs through the thread workers the user's clicks start; tiny
+images, a tiny network and a few iterations keep the whole file fast.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from napari.utils.notifications import NotificationSeverity, notification_manager
+from qtpy.QtCore import QTimer
+
+from napari_unet.config import UNetConfig
+from napari_unet.model import UNet
+from napari_unet.model_io import load_model
+from napari_unet.sample_data import make_sample
+from napari_unet.train import PRESETS
+from napari_unet.weights import weight_map
+from napari_unet.widgets import _dialogs
+from napari_unet.widgets.model_store import model_store
+from napari_unet.widgets.segment_widget import SegmentWidget
+from napari_unet.widgets.train_widget import TrainWidget
+from napari_unet.widgets.weight_map_widget import WeightMapWidget
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """A preset small enough for tests: 4 base channels, depth 2, 124 px tiles."""
+    preset = PRESETS["fast"].replace(
+        base_channels=4, depth=2, tile_size=124, batch_size=2, minutes=None,
+        iterations=40, val_every=20, val_every_s=None, preview_every_s=0.2,
+        refresh_every_s=0.2,
+    )  # fmt: skip
+    monkeypatch.setitem(PRESETS, "tiny", preset)
+    return "tiny"
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test: [(severity, text)]."""
+    seen: list[tuple[NotificationSeverity, str]] = []
+
+    def record(notification):
+        seen.append((notification.severity, str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def sample_viewer(make_napari_viewer):
+    image, labels = make_sample((128, 128), n_objects=10, seed=1)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells labels")
+    return viewer
+
+
+def tiny_model(in_channels: int = 1) -> UNet:
+    torch.manual_seed(0)
+    return UNet(UNetConfig(in_channels=in_channels, base_channels=4, depth=2))
+
+
+def snapshot(viewer) -> dict[str, np.ndarray]:
+    return {layer.name: np.array(layer.data) for layer in viewer.layers}
+
+
+def assert_unchanged(viewer, before: dict[str, np.ndarray]) -> None:
+    after = snapshot(viewer)
+    assert list(after) == list(before)
+    for name, data in before.items():
+        np.testing.assert_array_equal(after[name], data, err_msg=name)
+
+
+# -- opening ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("display_name", "widget_type"),
+    [("Train U-Net", TrainWidget), ("Segment", SegmentWidget), ("Weight map", WeightMapWidget)],
+)
+def test_widget_opens_through_the_manifest(make_napari_viewer, display_name, widget_type):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", display_name)
+    assert isinstance(widget, widget_type)
+
+
+@pytest.mark.parametrize(
+    ("widget_type", "combo", "expected"),
+    [
+        (TrainWidget, "image_layer", "cells"),
+        (TrainWidget, "labels_layer", "cells labels"),
+        (SegmentWidget, "image_layer", "cells"),
+        (WeightMapWidget, "labels_layer", "cells labels"),
+    ],
+)
+def test_widget_opens_directly_and_follows_the_layers(sample_viewer, widget_type, combo, expected):
+    widget = widget_type(sample_viewer)
+    choices = getattr(widget, combo)
+    assert choices.value.name == expected
+    kind = type(sample_viewer.layers[expected])
+    new = sample_viewer.add_layer(kind(np.zeros((8, 8), np.int32), name="new"))
+    assert new in choices.choices
+    sample_viewer.layers.remove(new)
+    assert new not in choices.choices
+
+
+def test_sample_data_opens_through_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-unet", "touching_cells")
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"]
+
+
+# -- weight map ---------------------------------------------------------------------------
+def test_weight_map_layer_follows_sigma(sample_viewer, qtbot):
+    labels = sample_viewer.layers["cells labels"].data
+    widget = WeightMapWidget(sample_viewer)
+    qtbot.wait(300)
+    assert "cells labels weight map" not in sample_viewer.layers  # only when asked for
+    widget.show_button.native.click()
+    qtbot.waitUntil(lambda: "cells labels weight map" in sample_viewer.layers, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    layer = sample_viewer.layers["cells labels weight map"]
+    np.testing.assert_allclose(layer.data, weight_map(labels, w0=10, sigma=5), rtol=1e-6)
+    assert layer.colormap.name == "magma"
+    assert layer.contrast_limits[1] == pytest.approx(float(layer.data.max()))
+
+    widget.sigma.value = 2.0
+    expected = weight_map(labels, w0=10, sigma=2)
+    qtbot.waitUntil(lambda: np.allclose(layer.data, expected, rtol=1e-6), timeout=WAIT_MS)
+    assert sample_viewer.layers["cells labels weight map"] is layer  # updated in place
+
+
+def test_weight_map_components_as_layers(sample_viewer, qtbot):
+    widget = WeightMapWidget(sample_viewer)
+    widget.show_components.value = True
+    widget.show_map()
+    names = [f"cells labels {part}" for part in ("w_c", "d1+d2", "border")]
+    qtbot.waitUntil(lambda: all(n in sample_viewer.layers for n in names), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    total = sample_viewer.layers["cells labels weight map"].data
+    w_c = sample_viewer.layers["cells labels w_c"].data
+    border = sample_viewer.layers["cells labels border"].data
+    np.testing.assert_allclose(w_c + border, total, rtol=1e-6)
+    assert border.max() > 0  # the sample has touching cells
+
+    widget.show_components.value = False
+    qtbot.waitUntil(lambda: not any(n in sample_viewer.layers for n in names), timeout=WAIT_MS)
+
+
+def test_weight_map_of_empty_labels_warns_and_adds_nothing(
+    make_napari_viewer, qtbot, notifications
+):
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="nothing yet")
+    before = snapshot(viewer)
+    widget = WeightMapWidget(viewer)
+    widget.show_button.native.click()
+    assert any("empty" in text for _, text in notifications)
+    widget.sigma.value = 3.0
+    qtbot.wait(300)  # the debounced update fires too, and must warn again
+    assert_unchanged(viewer, before)
+
+
+# -- bad choices --------------------------------------------------------------------------
+def test_train_with_labels_of_another_shape_notifies_and_changes_nothing(
+    sample_viewer, notifications
+):
+    sample_viewer.add_labels(np.ones((50, 60), np.int32), name="other labels")
+    before = snapshot(sample_viewer)
+    widget = TrainWidget(sample_viewer)
+    widget.labels_layer.value = sample_viewer.layers["other labels"]
+    widget.train()
+    assert not widget.busy
+    assert any(
+        severity == NotificationSeverity.ERROR and "shape" in text
+        for severity, text in notifications
+    )
+    assert_unchanged(sample_viewer, before)
+
+
+def test_train_with_empty_labels_notifies_and_changes_nothing(sample_viewer, notifications):
+    sample_viewer.add_labels(np.zeros((128, 128), np.int32), name="empty")
+    before = snapshot(sample_viewer)
+    widget = TrainWidget(sample_viewer)
+    widget.labels_layer.value = sample_viewer.layers["empty"]
+    widget.train()
+    widget.add_pair()
+    assert not widget.busy and widget.pairs == []
+    assert sum("empty" in text for _, text in notifications) == 2
+    assert_unchanged(sample_viewer, before)
+
+
+def test_segment_without_a_model_notifies_and_changes_nothing(sample_viewer, notifications):
+    before = snapshot(sample_viewer)
+    widget = SegmentWidget(sample_viewer)
+    widget.segment()
+    assert not widget.busy
+    assert any("no model" in text for _, text in notifications)
+    assert_unchanged(sample_viewer, before)
+
+
+def test_segment_with_a_model_of_other_channels_notifies(sample_viewer, notifications):
+    model_store(sample_viewer).set(tiny_model(in_channels=2), "test")
+    before = snapshot(sample_viewer)
+    SegmentWidget(sample_viewer).segment()
+    assert any("2 channels" in text for _, text in notifications)
+    assert_unchanged(sample_viewer, before)
+
+
+# -- segment ------------------------------------------------------------------------------
+def run_segment(widget: SegmentWidget, qtbot) -> None:
+    widget.segment()
+    assert widget.busy
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+@pytest.mark.parametrize(
+    ("data", "rgb", "in_channels", "spatial"),
+    [
+        (np.random.default_rng(0).random((70, 90), np.float32), False, 1, (70, 90)),
+        (np.random.default_rng(0).random((3, 40, 50), np.float32), False, 1, (3, 40, 50)),
+        (np.random.default_rng(0).random((40, 50, 3), np.float32), True, 3, (40, 50)),
+        (np.random.default_rng(0).random((2, 40, 50), np.float32), False, 2, (40, 50)),
+        (da.random.random((2, 60, 60), chunks=(1, 30, 30)), False, 1, (2, 60, 60)),
+    ],
+    ids=["2d", "stack", "rgb", "two-channel", "dask-stack"],
+)
+def test_segment_image_kinds(make_napari_viewer, qtbot, data, rgb, in_channels, spatial):
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="img", rgb=rgb, scale=(2.0,) * (data.ndim - rgb))
+    model_store(viewer).set(tiny_model(in_channels), "test")
+    widget = SegmentWidget(viewer)
+    widget.show_probabilities.value = True
+    run_segment(widget, qtbot)
+    labels = viewer.layers["img segmentation"]
+    assert labels.data.shape == spatial
+    assert tuple(labels.scale) == (2.0,) * len(spatial)
+    assert viewer.layers["img p(foreground)"].data.shape == spatial
+
+
+def test_segment_replaces_its_own_layer_and_never_the_users(sample_viewer, qtbot):
+    model_store(sample_viewer).set(tiny_model(), "test")
+    user = sample_viewer.add_labels(np.zeros((128, 128), np.int32), name="cells segmentation")
+    widget = SegmentWidget(sample_viewer)
+    run_segment(widget, qtbot)
+    ours = [layer for layer in sample_viewer.layers if layer.name.startswith("cells segm")]
+    assert len(ours) == 2 and not user.data.any()  # the user's layer is untouched
+    n_layers = len(sample_viewer.layers)
+    output = ours[1]
+    run_segment(widget, qtbot)
+    assert len(sample_viewer.layers) == n_layers  # replaced, not added
+    assert output in sample_viewer.layers
+
+    output.events.paint()  # the user paints on our output: it becomes theirs
+    run_segment(widget, qtbot)
+    assert len(sample_viewer.layers) == n_layers + 1
+
+
+@pytest.mark.parametrize("where", ["dock", "napari progress bar"])
+def test_cancel_segmentation_changes_no_layer(make_napari_viewer, qtbot, where):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((4, 300, 300), np.float32), name="big")
+    model_store(viewer).set(tiny_model(), "test")
+    before = snapshot(viewer)
+    widget = SegmentWidget(viewer)
+    widget.segment()
+    if where == "dock":
+        widget.cancel_button.native.click()
+    else:
+        widget._bar.bar.cancel()  # what the Cancel button of napari's activity dock calls
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert "cancelled" in widget.status.value
+    assert widget.segment_button.enabled and not widget.cancel_button.enabled
+    assert_unchanged(viewer, before)
+
+
+def test_load_model_from_file(sample_viewer, tmp_path, monkeypatch, notifications):
+    from napari_unet.model_io import save_model
+
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model(), path)
+    monkeypatch.setattr(_dialogs, "ask_open_model", lambda parent: str(path))
+    widget = SegmentWidget(sample_viewer)
+    widget.load_button.native.click()
+    assert model_store(sample_viewer).model is not None
+    assert "m.safetensors" in widget.model_info.value
+
+    (tmp_path / "bad.safetensors").write_text("not a model")
+    monkeypatch.setattr(_dialogs, "ask_open_model", lambda parent: str(tmp_path / "bad.safetensors"))
+    widget.load_button.native.click()
+    assert any(s == NotificationSeverity.ERROR for s, _ in notifications)
+    assert "m.safetensors" in widget.model_info.value  # the loaded model stays
+
+
+# -- train --------------------------------------------------------------------------------
+def test_train_stop_save_segment(sample_viewer, qtbot, tiny_preset, tmp_path, monkeypatch):
+    """The user's path: Train, watch, Stop, Save, Segment with the trained model."""
+    tiny = PRESETS[tiny_preset]
+    monkeypatch.setitem(PRESETS, tiny_preset, tiny.replace(iterations=100_000))
+    labels_before = np.array(sample_viewer.layers["cells labels"].data)
+    train = TrainWidget(sample_viewer)
+    segment = SegmentWidget(sample_viewer)
+    train.preset.value = tiny_preset
+    train.budget_unit.value = "iterations"
+    train.budget.value = 100_000
+    records = []
+    train.train()
+    assert train.busy and train.stop_button.enabled
+    train._worker.yielded.connect(records.append)
+    qtbot.waitUntil(lambda: len(records) >= 25, timeout=WAIT_MS)
+    train.stop_button.native.click()
+    qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
+
+    steps = max(record["iteration"] for record in records)
+    assert 25 <= steps < 1000  # stopped long before the budget
+    assert any("val" in record for record in records)
+    model = model_store(sample_viewer).model
+    assert model is not None and model.info.task == "instance"
+    assert "trained on 'cells'" in segment.model_info.value
+    assert train.plot.loss_points and train.save_button.enabled
+    preview = sample_viewer.layers["cells preview"]
+    assert preview.data.shape == (128, 128) and preview.data.any()
+
+    path = tmp_path / "trained.safetensors"
+    monkeypatch.setattr(_dialogs, "ask_save_model", lambda parent: str(path))
+    train.save_button.native.click()
+    assert load_model(path).config == model.config
+
+    run_segment(segment, qtbot)
+    result = sample_viewer.layers["cells segmentation"]
+    assert result.data.shape == (128, 128)
+    np.testing.assert_array_equal(sample_viewer.layers["cells labels"].data, labels_before)
+
+
+def test_fine_tuning_needs_a_current_model(sample_viewer, tiny_preset, notifications):
+    widget = TrainWidget(sample_viewer)
+    widget.start_from.value = "current model"
+    widget.train()
+    assert not widget.busy
+    assert any("no current model" in text for _, text in notifications)
+
+
+def test_several_pairs_and_a_region(sample_viewer, qtbot, tiny_preset):
+    image2, labels2 = make_sample((100, 110), n_objects=8, seed=2)
+    sample_viewer.add_image(image2, name="more")
+    sample_viewer.add_labels(labels2, name="more labels")
+    region = sample_viewer.add_shapes([np.array([[0, 0], [0, 60], [60, 60], [60, 0]])])
+    widget = TrainWidget(sample_viewer)
+    widget.preset.value = tiny_preset
+    widget.add_pair()  # cells + cells labels
+    widget.image_layer.value = sample_viewer.layers["more"]
+    widget.labels_layer.value = sample_viewer.layers["more labels"]
+    widget.region_layer.value = region
+    widget.add_pair()
+    assert len(widget.pairs) == 2 and "2 pair(s)" in widget.pairs_info.value
+    masks = [pair.read()[2] for pair in widget.training_pairs()]
+    assert masks[0] is None and masks[1].shape == (100, 110)
+    assert masks[1][:60, :60].all() and not masks[1][70:].any()
+
+    widget.train()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert "trained on 'cells', 'more'" in model_store(sample_viewer).source
+
+
+def test_new_strokes_reach_the_engine(sample_viewer, qtbot, tiny_preset):
+    """Painting while training marks the data dirty; the next refresh hands it over."""
+    widget = TrainWidget(sample_viewer)
+    pair = widget.current_pair()
+    widget._watch([pair])
+    assert widget._refresh([pair]) is None  # nothing painted yet
+    labels = sample_viewer.layers["cells labels"]
+    labels.paint((5, 5), 99)
+    _, new_labels, _ = widget._refresh([pair])
+    assert new_labels[0][5, 5] == 99
+    assert widget._refresh([pair]) is None  # handed over once
+
+
+def test_ui_stays_responsive_while_training(sample_viewer, qtbot, tiny_preset, monkeypatch):
+    """Longest event-loop stall between the first and the last training step < 100 ms."""
+    monkeypatch.setitem(
+        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=120, val_every=40)
+    )
+    widget = TrainWidget(sample_viewer)
+    widget.preset.value = tiny_preset
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    steps: list[float] = []
+    widget.train()
+    widget._worker.yielded.connect(lambda record: steps.append(time.perf_counter()))
+    timer.start(10)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    timer.stop()
+    during = np.array([t for t in ticks if steps[0] <= t <= steps[-1]])
+    assert len(steps) >= 120 and len(during) > 50
+    longest = float(np.diff(during).max())
+    print(f"longest stall {1000 * longest:.0f} ms over {len(steps)} steps, {len(during)} ticks")
+    assert longest < 0.100, f"the UI stalled for {1000 * longest:.0f} ms"
