@@ -45,7 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CASES = ["numpy-segment:8192", "zarr-predict:8192", "zarr-predict:16384"]
+DEFAULT_CASES = [
+    "numpy-segment:8192",
+    "zarr-predict:8192",
+    "zarr-segment:8192",
+    "zarr-predict:16384",
+]
 SMOKE_CASES = ["numpy-segment:300", "zarr-predict:300", "zarr-segment:300"]
 KINDS = ("numpy-segment", "zarr-predict", "zarr-segment")
 BLOCK = 1024  # edge of the repeated image block and of the zarr chunks, px
