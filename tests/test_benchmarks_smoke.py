@@ -1,0 +1,101 @@
+"""The benchmark scripts run end to end on tiny inputs (their ``--smoke`` modes or the
+smallest settings), each in seconds; the weight-map benchmark has its own smoke test
+(tests/test_bench_weight_map_smoke.py).
+
+Each script is run as a user runs it: ``python benchmarks/NAME.py ...`` in a fresh
+process with this checkout's ``src`` on the path. The measured figures are not checked
+(they depend on the machine), only that every case ran and reported consistent fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_bench_memory_smoke(tmp_path):
+    out = tmp_path / "memory.json"
+    done = run_script("bench_memory.py", "--smoke", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "machine:" in done.stdout
+    results = json.loads(out.read_text())
+    assert [r["case"] for r in results] == ["numpy-segment", "zarr-predict", "zarr-segment"]
+    for r in results:
+        assert r["tiles"] >= 1
+        assert 0 < r["rss_before_mib"] <= r["rss_peak_mib"]
+        assert r["added_mib"] == r["rss_peak_mib"] - r["rss_before_mib"]
+        assert r["probabilities_mib"] == 2 * r["labels_mib"]
+        assert f"| {r['case']} | {r['edge']}x{r['edge']} |" in done.stdout
+
+
+def test_bench_memory_rejects_a_bad_case():
+    done = run_script("bench_memory.py", "--cases", "numpy-segment:big")
+    assert done.returncode == 2
+    assert "a case is NAME:EDGE" in done.stderr
+
+
+def test_bench_inference_smoke(tmp_path):
+    out = tmp_path / "inference.json"
+    done = run_script("bench_inference.py", "--smoke", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["info"]["repeats"] == 1
+    rows = {row["run"]: row for row in result["rows"]}
+    assert {"baseline", "product"} <= set(rows)
+    assert rows["baseline"]["speedup"] == 1
+    for row in rows.values():
+        assert row["seconds"] > 0
+        assert 0 <= row["label_agreement"] <= 1
+
+
+def test_bench_training_throughput_smoke():
+    done = run_script("bench_training.py", "throughput", "--steps", "2", "--repeats", "1")
+    assert done.returncode == 0, done.stderr
+    assert "median: plain" in done.stdout
+
+
+def test_bench_training_accuracy_and_plot_smoke(tmp_path):
+    import tifffile
+
+    from napari_unet.sample_data import make_sample
+
+    data = tmp_path / "data"
+    for folder in ("images", "labels"):
+        (data / folder).mkdir(parents=True)
+    for seed in range(5):  # every 5th file is held out: 4 training, 1 held-out image
+        image, labels = make_sample((128, 128), n_objects=10, seed=seed)
+        tifffile.imwrite(data / "images" / f"s{seed}.tif", image)
+        tifffile.imwrite(data / "labels" / f"s{seed}.tif", labels)
+    result = tmp_path / "accuracy.json"
+    done = run_script(
+        "bench_training.py", "accuracy", "--data", str(data), "--minutes", "0.02",
+        "--snapshot-s", "1", "--json", str(result),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    curve = json.loads(result.read_text())["curve"]
+    assert curve and all(0 <= point["ap50"] <= 1 for point in curve)
+
+    plot = tmp_path / "curve.png"
+    done = run_script("plot_training.py", "curve", str(plot), str(result))
+    assert done.returncode == 0, done.stderr
+    assert plot.read_bytes().startswith(b"\x89PNG")
