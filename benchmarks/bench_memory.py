@@ -129,8 +129,8 @@ def run_case(kind: str, edge: int, workdir: Path, device: str | None, block: int
     import zarr
 
     from napari_unet.config import UNetConfig
+    from napari_unet.inference import predict_iter, segment_iter
     from napari_unet.model import UNet
-    from napari_unet.predict import predict_iter, segment_iter
 
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=8, depth=4)).eval()
