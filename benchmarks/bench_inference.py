@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _machine import cpu_model
 from napari_unet.config import UNetConfig
 from napari_unet.inference import DEFAULTS, predict
 from napari_unet.model import UNet
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     quick_train(model, image, labels, args.train_steps, baseline_tile)
 
     info = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

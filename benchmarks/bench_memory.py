@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import cpu_model
+
 DEFAULT_CASES = [
     "numpy-segment:8192",
     "zarr-predict:8192",
@@ -194,16 +196,6 @@ def parse_case(text: str) -> tuple[str, int]:
             f"a case is NAME:EDGE with NAME one of {', '.join(KINDS)}, got {text!r}"
         )
     return kind, int(edge)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line(device: str | None) -> str:

@@ -29,6 +29,7 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
+from _machine import cpu_model
 from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
 from napari_unet.sample_data import make_sample
@@ -37,7 +38,7 @@ from napari_unet.training import PRESETS, TrainSettings, train_iter
 
 def machine() -> str:
     return (
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{cpu_model()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, python {platform.python_version()}"
     )
 

@@ -27,6 +27,7 @@ import numpy as np
 import scipy
 from scipy import ndimage as ndi
 
+from _machine import cpu_model
 from napari_unet.sample_data import make_sample
 from napari_unet.weights import weight_map
 
@@ -117,16 +118,6 @@ def load_labels(folder: Path, limit: int | None) -> list[np.ndarray]:
     if not files:
         raise SystemExit(f"no label images in {folder}")
     return [tifffile.imread(path) for path in files]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""``napari-unet`` console script: ``demo``, ``train``, ``predict`` and ``bench``.
+"""``napari-unet`` console script: ``demo``, ``train`` and ``predict``.
 
 Each sub-command lives in :mod:`napari_unet.commands` as a module with
 ``register(subparsers)``; heavy imports (torch, napari) happen inside the command.
@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+    modules = (m.name for m in pkgutil.iter_modules(commands.__path__))
+    for module in sorted(name for name in modules if not name.startswith("_")):
         importlib.import_module(f"{commands.__name__}.{module}").register(subparsers)
     return parser
 

@@ -11,10 +11,10 @@ seed, writes that label image as TIFF and prints what it measured.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from ._files import write_tiff_atomic
 
 DEFAULT_OUT = "napari-unet-demo-labels.tif"
 
@@ -77,7 +77,6 @@ def run_gui() -> int:
 
 def run_headless(args: argparse.Namespace) -> int:
     import numpy as np
-    import tifffile
     import torch
     from tqdm import tqdm
 
@@ -124,7 +123,7 @@ def run_headless(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     predicted = segment(model, test_image)
     segment_seconds = time.perf_counter() - start
-    _write_tiff_atomically(out, predicted, tifffile)
+    write_tiff_atomic(out, predicted)
 
     ap50 = average_precision([test_labels], [predicted], iou=0.5)
     iou = foreground_iou(test_labels, predicted)
@@ -144,15 +143,3 @@ def _budget(settings) -> str:
     if settings.iterations is not None:
         parts.append(f"{settings.iterations} steps")
     return " or ".join(parts)
-
-
-def _write_tiff_atomically(path: Path, labels, tifffile) -> None:
-    """Write ``labels`` to ``path`` via a temporary file, so no partial file is left."""
-    handle, tmp = tempfile.mkstemp(suffix=".tif", dir=path.parent)
-    os.close(handle)
-    try:
-        tifffile.imwrite(tmp, labels, compression="zlib")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from ._files import write_tiff_atomic
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -77,20 +77,6 @@ def find_images(patterns: list[str]) -> list[Path]:
     if clashes:
         raise ValueError(f"several inputs share the file name {clashes[0]!r}; outputs would clash")
     return found
-
-
-def write_tiff_atomic(path: Path, data) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
-    import tifffile
-
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        tifffile.imwrite(temporary, data, compression="zlib")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def read_image(path: Path):
