@@ -18,3 +18,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set NAPARI_UNET_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one thread: tiny test nets gain nothing from threads, and on a
+    shared 2-core machine OpenMP's spinning threads slow everything else down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ from napari_unet.inference import predict, segment
 from napari_unet.model import UNet
 from napari_unet.model_io import save_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -12,18 +12,13 @@ from napari_unet.inference import predict, predict_iter, segment, segment_iter
 from napari_unet.model import UNet
 from napari_unet.normalization import normalize
 from napari_unet.postprocess import labels_from_probabilities
+from napari_unet.progress import collect
 from napari_unet.tiling import tile_layout
 
 EXACT = {"precision": "fp32", "device": "cpu"}  # bf16 (the CPU default) is not exact
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets gain nothing from threads, and a shared CPU makes OpenMP spin badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(depth=2, in_channels=1, n_classes=2, task="instance", seed=0) -> UNet:
@@ -103,13 +98,7 @@ def test_progress_counts_tiles_and_the_model_is_left_untouched():
     model = tiny(depth=2).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     generator = predict_iter(model, structured((90, 90)), tile_size=60, **EXACT)
-    steps = []
-    while True:
-        try:
-            steps.append(next(generator))
-        except StopIteration as stop:
-            probs = stop.value
-            break
+    steps, probs = collect(generator)
     assert steps[0][0] == 0 and steps[-1][0] == steps[-1][1] > 1
     assert [d for d, _ in steps] == sorted(d for d, _ in steps)
     assert probs.shape == (2, 90, 90)
@@ -258,13 +247,7 @@ def test_out_of_memory_halves_batch_then_tile_and_still_matches(monkeypatch):
     generator = predict_iter(
         model, image, tile_size=100, batch_size=2, on_notice=notices.append, **EXACT
     )
-    steps = []
-    while True:
-        try:
-            steps.append(next(generator))
-        except StopIteration as stop:
-            probs = stop.value
-            break
+    steps, probs = collect(generator)
     assert "1 tile(s) per batch" in notices[0] and "px tiles" in notices[1]
     assert steps[-1][0] == steps[-1][1]
     np.testing.assert_allclose(probs, reference, atol=1e-5)
@@ -304,11 +287,13 @@ def test_segment_iter_yields_progress():
     assert tiles > 1 and steps[0] == (0, tiles) and steps[-1] == (tiles, tiles)
 
 
-def test_benchmark_smoke_mode_runs_and_reports_agreement():
+def test_benchmark_smoke_mode_runs_and_reports_agreement(monkeypatch):
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference.py"
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when the script is run directly
+    script = benchmarks / "bench_inference.py"
     spec = importlib.util.spec_from_file_location("bench_inference", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from napari_unet.model_io import load_model
+from napari_unet.progress import collect
 from napari_unet.sample_data import make_sample
 from napari_unet.training import (
     BEST_NAME,
@@ -39,17 +40,8 @@ def pairs():
     return [s[0] for s in samples], [s[1] for s in samples]
 
 
-def drain(run):
-    records = []
-    while True:
-        try:
-            records.append(next(run))
-        except StopIteration as stop:
-            return records, stop.value
-
-
 def test_records_and_budget_by_iterations(pairs):
-    records, model = drain(train_iter(*pairs, settings=TINY))
+    records, model = collect(train_iter(*pairs, settings=TINY))
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in records)
     assert records[-1]["progress"] == 1.0
@@ -60,7 +52,7 @@ def test_records_and_budget_by_iterations(pairs):
 
 def test_budget_by_minutes_stops_in_time(pairs):
     settings = TINY.replace(iterations=None, minutes=1.5 / 60)
-    records, _ = drain(train_iter(*pairs, settings=settings))
+    records, _ = collect(train_iter(*pairs, settings=settings))
     assert 1.4 < records[-1]["elapsed"] < 10.0  # one step past the budget at most
 
 
@@ -72,7 +64,7 @@ def test_should_stop_ends_between_steps_and_saves_loadable_models(pairs, tmp_pat
     def calls():
         return next(count) >= 5
 
-    records, model = drain(run)
+    records, model = collect(run)
     assert max(r["iteration"] for r in records) == 5
     assert "val" in records[-1] and set(records[-1]["val"]) >= {"ap50", "iou", "rand_error"}
     best, last = load_model(tmp_path / BEST_NAME), load_model(tmp_path / LAST_NAME)
@@ -84,25 +76,25 @@ def test_should_stop_ends_between_steps_and_saves_loadable_models(pairs, tmp_pat
 def test_training_learns_the_sample():
     image, labels = make_sample((96, 96), n_objects=8, seed=0)
     settings = TINY.replace(iterations=40, lr=1e-2, precision="auto")
-    records, _ = drain(train_iter([image], [labels], settings=settings))
+    records, _ = collect(train_iter([image], [labels], settings=settings))
     first = np.mean([r["loss"] for r in records[:5]])
     last = np.mean([r["loss"] for r in records[-5:]])
     assert last < 0.7 * first
 
 
 def test_seeded_runs_are_reproducible(pairs):
-    a, _ = drain(train_iter(*pairs, settings=TINY))
-    b, _ = drain(train_iter(*pairs, settings=TINY))
+    a, _ = collect(train_iter(*pairs, settings=TINY))
+    b, _ = collect(train_iter(*pairs, settings=TINY))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 
 
 def test_fine_tune_from_file_and_channel_mismatch(pairs, tmp_path):
-    _, model = drain(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
-    _, tuned = drain(train_iter(*pairs, settings=TINY, init_model=tmp_path / LAST_NAME))
+    _, model = collect(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
+    _, tuned = collect(train_iter(*pairs, settings=TINY, init_model=tmp_path / LAST_NAME))
     assert tuned.config == model.config
     rgb = [np.stack([i, i, i], -1) for i in pairs[0]]
     with pytest.raises(ValueError, match="input channel"):
-        drain(train_iter(rgb, pairs[1], settings=TINY, init_model=tmp_path / LAST_NAME))
+        collect(train_iter(rgb, pairs[1], settings=TINY, init_model=tmp_path / LAST_NAME))
 
 
 def test_semantic_scribbles(pairs):
@@ -110,7 +102,7 @@ def test_semantic_scribbles(pairs):
     scribbles[2:10, 2:30] = 1
     scribbles[30:40, 30:40] = 2
     scribbles[50:60, 5:15] = 3
-    _, model = drain(train_iter([pairs[0][0]], [scribbles], mode="semantic", settings=TINY))
+    _, model = collect(train_iter([pairs[0][0]], [scribbles], mode="semantic", settings=TINY))
     assert model.config.n_classes == 3 and model.info.task == "semantic"
 
 
@@ -125,12 +117,12 @@ def test_refresh_updates_data_and_recomputes_only_changed_weights(pairs):
         return (images, more, None) if len(calls) == 1 else None
 
     settings = TINY.replace(refresh_every_s=0.0, iterations=3)
-    records, _ = drain(train_iter(images, labels, settings=settings, refresh=refresh))
+    records, _ = collect(train_iter(images, labels, settings=settings, refresh=refresh))
     assert len(calls) >= 2 and len(records) == 3
 
 
 def test_full_disk_while_saving_keeps_the_previous_file(pairs, tmp_path, monkeypatch):
-    drain(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
+    collect(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
     before = (tmp_path / LAST_NAME).read_bytes()
 
     def no_space(*args, **kwargs):
@@ -138,7 +130,7 @@ def test_full_disk_while_saving_keeps_the_previous_file(pairs, tmp_path, monkeyp
 
     monkeypatch.setattr("napari_unet.model_io.save_file", no_space)
     with pytest.raises(OSError, match=r"could not save the model .* No space left"):
-        drain(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
+        collect(train_iter(*pairs, settings=TINY, out_dir=tmp_path))
     assert (tmp_path / LAST_NAME).read_bytes() == before
 
 

@@ -8,12 +8,12 @@ import torch
 from napari_unet.config import UNetConfig
 from napari_unet.inference import predict, segment
 from napari_unet.model import UNet
+from napari_unet.progress import collect, drain
 from napari_unet.sample_data import make_sample
 from napari_unet.weights import weight_map
 from napari_unet.widgets.jobs import (
     MAX_PREVIEW_EDGE,
     PreviewSource,
-    drain,
     preview_prediction,
     segment_job,
     weight_map_job,
@@ -28,13 +28,7 @@ def tiny_model() -> UNet:
 def test_weight_map_job_treats_a_stack_slice_by_slice():
     stack = np.stack([make_sample((64, 64), n_objects=6, seed=s)[1] for s in (1, 2)])
     job = weight_map_job(stack, w0=10, sigma=5, components=True)
-    progress = []
-    while True:
-        try:
-            progress.append(next(job))
-        except StopIteration as stop:
-            maps = stop.value
-            break
+    progress, maps = collect(job)
     assert progress[-1] == (2, 2)
     for z in range(2):
         np.testing.assert_allclose(maps["weight"][z], weight_map(stack[z]), rtol=1e-6)

@@ -27,6 +27,7 @@ import torch
 from . import postprocess
 from .devices import choose_device, empty_cache
 from .normalization import normalize, percentile_range
+from .progress import drain
 from .tiling import auto_tile_size, read_tile, tile_layout
 
 Progress = Generator[tuple[int, int], None, np.ndarray]
@@ -287,7 +288,7 @@ def _shrink_after_oom(run: _Run, layout, config, notice):
 
 def predict(model, image, **kwargs) -> np.ndarray:
     """:func:`predict_iter` without progress: float32 probabilities (n_classes, *spatial)."""
-    return _drain(predict_iter(model, image, **kwargs))
+    return drain(predict_iter(model, image, **kwargs))
 
 
 def segment_iter(
@@ -365,12 +366,4 @@ def _settings(settings: dict) -> dict:
 
 def segment(model, image, **kwargs) -> np.ndarray:
     """:func:`segment_iter` without progress: integer labels of the image's spatial shape."""
-    return _drain(segment_iter(model, image, **kwargs))
-
-
-def _drain(generator: Progress):
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return drain(segment_iter(model, image, **kwargs))

@@ -34,6 +34,7 @@ from .config import ModelInfo, UNetConfig
 from .data import Plane, WeightCache, prepare_planes, split_validation
 from .model import UNet
 from .postprocess import labels_from_probabilities
+from .progress import drain
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -602,9 +603,4 @@ def _learning_rate(settings: TrainSettings, progress: float) -> float:
 
 def train(images, labels, **kwargs) -> UNet:
     """Drain :func:`train_iter` and return the best model."""
-    run = train_iter(images, labels, **kwargs)
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            return stop.value
+    return drain(train_iter(images, labels, **kwargs))

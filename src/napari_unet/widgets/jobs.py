@@ -16,15 +16,6 @@ import numpy as np
 from ..weights import weight_map_components
 
 
-def drain(job: Generator[Any, Any, Any]) -> Any:
-    """Run a job to the end and return its result."""
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value
-
-
 # -- weight map ---------------------------------------------------------------------------
 def weight_map_job(
     labels: np.ndarray, *, w0: float, sigma: float, components: bool = False
