@@ -35,6 +35,7 @@ from .data import Plane, WeightCache, prepare_planes, split_validation
 from .model import UNet
 from .postprocess import labels_from_probabilities
 from .progress import drain
+from .tiling import reflect_indices
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -184,12 +185,6 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 # -- tiles -------------------------------------------------------------------------
-def _mirror_index(start: int, length: int, size: int) -> np.ndarray:
-    """Indices ``start .. start+length`` folded into ``[0, size)`` by mirroring."""
-    index = np.arange(start, start + length) % (2 * size)
-    return np.where(index >= size, 2 * size - 1 - index, index)
-
-
 class TileSource:
     """Training planes as device tensors; draws source patches around annotated pixels."""
 
@@ -219,9 +214,10 @@ class TileSource:
                 centre = self.rng.integers(height * width)
             else:
                 centre = self.rng.choice(annotated)
-            cy, cx = divmod(int(centre), width)
-            rows = torch.from_numpy(_mirror_index(cy - patch // 2, patch, height)).to(self.device)
-            cols = torch.from_numpy(_mirror_index(cx - patch // 2, patch, width)).to(self.device)
+            top, left = (c - patch // 2 for c in divmod(int(centre), width))
+            rows = reflect_indices(top, top + patch, height)
+            cols = reflect_indices(left, left + patch, width)
+            rows, cols = (torch.from_numpy(i).to(self.device) for i in (rows, cols))
             images.append(self.images[index][:, rows][:, :, cols])
             targets.append(self.targets[index][rows][:, cols])
             weights.append(self.weights[index][rows][:, cols])
@@ -255,8 +251,8 @@ def predict_plane(
     height, width = image.shape[-2:]
     margin = config.context_margin
     sizes = [config.input_size_for_output(s) for s in (height, width)]
-    rows = _mirror_index(-margin, sizes[0], height)
-    cols = _mirror_index(-margin, sizes[1], width)
+    rows = reflect_indices(-margin, sizes[0] - margin, height)
+    cols = reflect_indices(-margin, sizes[1] - margin, width)
     x = torch.from_numpy(np.ascontiguousarray(image[:, rows][:, :, cols]))[None].to(device)
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
