@@ -164,3 +164,23 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="do not fit"):
         instances_from_foreground(checker, out, min_size=1, expand=0)
     assert (out == 7).all()  # refused before writing
+
+
+@pytest.mark.parametrize("block_size", [5, 16, 100])
+def test_join_slices_block_by_block_equals_the_whole_stack(block_size):
+    from napari_unet.chunked_labels import join_slices_iter, join_steps
+    from napari_unet.postprocess import join_slices
+
+    stack = np.zeros((4, 37, 41), dtype=np.int32)
+    offset = 0
+    for z in range(4):
+        plane = whole_plane(blobs((37, 41), seed=z // 2, level=0.52), min_size=3)
+        stack[z] = np.where(plane > 0, plane + offset, 0)
+        offset = stack[z].max()
+    expected = join_slices(stack)
+    assert expected.max() < stack.max()  # slices 0-1 and 2-3 are the same: joined
+    steps, n = collect(join_slices_iter(stack, block_size=block_size))
+    np.testing.assert_array_equal(stack, expected)
+    assert n == expected.max()
+    total = join_steps(stack.shape, block_size)
+    assert steps == [(done, total) for done in range(total + 1)]

@@ -327,3 +327,44 @@ def test_lazy_multichannel_stack_matches_numpy():
     np.testing.assert_allclose(
         predict(model, stack[1], channel_axis=0, **EXACT), expected[:, 1], atol=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    ("planes", "task", "join"),
+    [
+        (1, "instance", False),
+        (3, "instance", False),
+        (3, "instance", True),
+        (2, "semantic", False),
+    ],
+)
+def test_segment_into_out_is_bounded_and_equals_the_in_memory_labels(
+    monkeypatch, planes, task, join
+):
+    """With ``out=`` labels are made block by block (blocks of 32 px here, so objects
+    cross many blocks); they equal the in-memory result id for id, progress included."""
+    zarr = pytest.importorskip("zarr")
+    import napari_unet.inference as inference
+    from napari_unet.chunked_labels import join_steps, label_steps
+
+    monkeypatch.setattr(inference, "LABEL_BLOCK_SIZE", 32)
+    shape = (planes, 90, 110) if planes > 1 else (90, 110)
+    image = np.stack([structured(shape[-2:], seed=z) for z in range(planes)]).reshape(shape)
+    n_classes = 3 if task == "semantic" else 2
+    model = balance(tiny(depth=2, n_classes=n_classes, task=task), image.reshape(-1, 110)[:90])
+    options = {"min_size": 5, "expand": 2, "join_slices": join, "tile_size": 60, **EXACT}
+    expected = segment(model, image, **options)
+    stored = zarr.create_array(
+        store={}, shape=shape, chunks=(1, 50, 50)[-len(shape) :], dtype="f4"
+    )
+    stored[...] = image
+    out = zarr.create_array(store={}, shape=shape, chunks=(1, 40, 40)[-len(shape) :], dtype="i4")
+    steps, result = collect(segment_iter(model, stored, out=out, **options))
+    assert result is out
+    if task == "instance":
+        assert expected.max() > (2 if join else 5 * planes)  # objects across 32 px blocks
+    np.testing.assert_array_equal(out[...], expected)
+    total = len(tile_layout((90, 110), 60, model.config)) * planes
+    if task == "instance":  # the labelling's blocks are counted after the tiles
+        total += label_steps((90, 110), 32) * planes + (join_steps(shape, 32) if join else 0)
+    assert steps == [(done, total) for done in range(total + 1)]  # one tile per batch

@@ -220,6 +220,62 @@ def _write_pass(scratch, out, table, blocks, expand: int, start: int, total: int
         yield done, total
 
 
+def join_steps(shape: tuple[int, int, int], block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+    """Progress steps of :func:`join_slices_iter` for a (Z, Y, X) stack."""
+    z = shape[0]
+    return (2 * z - 1) * len(block_slices(shape[1:], block_size)) if z > 1 else 0
+
+
+def join_slices_iter(labels, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Progress:
+    """:func:`napari_unet.postprocess.join_slices` in place, block by block: objects that
+    overlap in neighbouring slices of a (Z, Y, X) integer array-like get one id, ids
+    renumbered 1..N in order of the smallest id joined. Memory O(block² + objects).
+
+    Yields:
+        (done, total) blocks: one pass over neighbouring slice pairs, one rewriting
+        every slice (total = :func:`join_steps`).
+
+    Returns:
+        N, the number of objects after joining.
+    """
+    shape = tuple(labels.shape)
+    if len(shape) != 3:
+        raise ValueError(f"join_slices needs a (Z, Y, X) stack, got shape {shape}")
+    total = join_steps(shape, block_size)
+    yield 0, total
+    blocks = block_slices(shape[1:], block_size)
+    pairs, present = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int64)]
+    done = 0
+    for z in range(shape[0] - 1):
+        for rows, cols in blocks:
+            upper = np.asarray(labels[z, rows, cols]).astype(np.int64, copy=False)
+            lower = np.asarray(labels[z + 1, rows, cols]).astype(np.int64, copy=False)
+            pairs.append(_facing(upper, lower))
+            present.append(np.unique(upper))
+            if z == shape[0] - 2:
+                present.append(np.unique(lower))
+            done += 1
+            yield done, total
+    ids = np.unique(np.concatenate(present))
+    ids = ids[ids > 0]
+    if shape[0] < 2 or ids.size == 0:
+        return int(ids.size)
+    pairs = np.concatenate(pairs)
+    n = int(ids[-1]) + 1
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    joined = np.unique(component[ids])
+    table = np.zeros(n, dtype=np.int64)
+    table[ids] = np.searchsorted(joined, component[ids]) + 1
+    dtype = np.dtype(labels.dtype)
+    for z in range(shape[0]):
+        for rows, cols in blocks:
+            labels[z, rows, cols] = table[np.asarray(labels[z, rows, cols])].astype(dtype)
+            done += 1
+            yield done, total
+    return int(joined.size)
+
+
 def instances_from_foreground(foreground, out, **kwargs) -> int:
     """:func:`instances_from_foreground_iter` without progress; returns N."""
     return drain(instances_from_foreground_iter(foreground, out, **kwargs))

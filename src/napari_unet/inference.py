@@ -5,9 +5,10 @@
 (:mod:`napari_unet.tiling`), runs the network on batches of tiles and stitches the
 softmax outputs; it yields ``(done, total)`` tiles and returns float32
 probabilities ``(n_classes, *spatial)``. :func:`segment_iter` turns them into labels
-(:mod:`napari_unet.postprocess`). Both accept numpy, dask and zarr images; lazy
-images are read tile by tile and ``out=`` writes the result tile by tile (probabilities)
-or plane by plane (labels), so memory stays bounded.
+(:mod:`napari_unet.postprocess`, or block by block with :mod:`napari_unet.chunked_labels`).
+Both accept numpy, dask and zarr images; lazy images are read tile by tile and ``out=``
+writes the result tile by tile (probabilities, semantic class ids) or block by block
+(instance labels), so memory is bounded by the tile and block sizes, not the image.
 
 Defaults per device (tile size, precision, memory format, batch) were chosen by
 measurement: see docs/inference.md and benchmarks/bench_inference.py.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import tempfile
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -24,13 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import postprocess
+from . import chunked_labels, postprocess
 from .devices import choose_device, empty_cache
 from .normalization import normalize, percentile_range
 from .progress import drain
 from .tiling import auto_tile_size, read_tile, tile_layout
 
 Progress = Generator[tuple[int, int], None, np.ndarray]
+
+LABEL_BLOCK_SIZE = chunked_labels.DEFAULT_BLOCK_SIZE  # px, blocks labelled with ``out=``
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -200,11 +204,15 @@ def predict_iter(
     return result
 
 
-def _tiled_inference(model, planes, run: _Run, write, notice, plane_done=None):
-    """Run the network over every tile of every plane; yields (done, total) tiles.
+def _tiled_inference(
+    model, planes, run: _Run, write, notice, plane_done=None, plane_steps=0, final_steps=0
+):
+    """Run the network over every tile of every plane; yields (done, total) steps.
 
     ``write(z, tile, probs)`` receives each output tile's probabilities (n_classes, h, w)
-    cropped to the image; ``plane_done(z)`` is called after each plane.
+    cropped to the image; ``plane_done(z)`` is called after each plane and may return a
+    generator of its own (done, plane_steps) progress, counted after the plane's tiles.
+    ``final_steps`` are left in the total for the caller's work after the last plane.
     """
     config = model.config
     check_all = isinstance(planes, np.ndarray) and np.issubdtype(planes.dtype, np.floating)
@@ -220,7 +228,7 @@ def _tiled_inference(model, planes, run: _Run, write, notice, plane_done=None):
         torch.backends.cudnn.benchmark = True
     low, high = model.info.normalization["low"], model.info.normalization["high"]
     layout = tile_layout(planes.shape[-2:], run.tile, config)
-    done, total = 0, len(layout) * len(planes)
+    done, total = 0, (len(layout) + plane_steps) * len(planes) + final_steps
     yield done, total
     try:
         for z in range(len(planes)):
@@ -242,9 +250,14 @@ def _tiled_inference(model, planes, run: _Run, write, notice, plane_done=None):
                     empty_cache(run.device)
                     layout = _shrink_after_oom(run, layout, config, notice)
                     done = plane_start
-                    total = plane_start + len(layout) * (len(planes) - z)
+                    remaining = (len(layout) + plane_steps) * (len(planes) - z)
+                    total = plane_start + remaining + final_steps
             if plane_done is not None:
-                plane_done(z)
+                tiles_done = done
+                for step, _ in plane_done(z) or ():
+                    if step > 0:
+                        done = tiles_done + step
+                        yield done, total
     finally:
         del net
         empty_cache(run.device)
@@ -303,17 +316,27 @@ def segment_iter(
     on_notice: Callable[[str], None] | None = None,
     **settings,
 ) -> Progress:
-    """Label image of ``image``'s spatial shape; yields (done, total) tiles like predict_iter.
+    """Label image of ``image``'s spatial shape.
 
     Instance models: connected components of the foreground (argmax == 1), objects
     under ``min_size`` px dropped, grown by ``expand`` px to close the background gap
     the training leaves between touching objects (None: the model's training ``gap``,
     else 1), ids 1..N, unique across a stack
     (``join_slices`` gives objects that overlap in neighbouring slices one id).
-    Semantic models: argmax class ids. Probabilities are held for one plane at a time;
-    ``out`` (an integer array of the spatial shape, e.g. zarr) is written plane by plane.
+    Semantic models: argmax class ids.
+
+    Memory: without ``out`` one plane's probabilities are held and post-processed at
+    once (fast). With ``out`` (an integer array of the spatial shape, e.g. zarr) memory
+    is bounded by the tile and block sizes, not the plane: each tile's class ids go
+    straight into ``out`` (semantic) or its foreground into a temporary zarr store,
+    which :mod:`napari_unet.chunked_labels` then labels block by block into ``out``;
+    the labels are the same either way.
     ``settings``: tile_size, batch_size, device, precision, channels_last as in
     :func:`predict_iter`.
+
+    Yields:
+        (done, total) steps: the tiles, and with ``out`` for instance models also the
+        labelling's blocks (:func:`napari_unet.chunked_labels.label_steps` per plane).
 
     Returns:
         int32 labels of the image's spatial shape (``out`` itself when given).
@@ -322,10 +345,23 @@ def segment_iter(
     if out is not None and tuple(out.shape) != spatial:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {spatial}")
     run = _resolve(model, spatial[-2:], **_settings(settings))
-    labels = np.zeros(spatial, dtype=np.int32) if out is None else out
-    task = model.info.task
     if expand is None:
         expand = default_expand(model)
+    notice = on_notice or _notice
+    join = join_slices and model.info.task == "instance" and len(spatial) == 3
+    if out is not None:
+        args = (model, planes, spatial, run, notice, min_size, expand, join)
+        return (yield from _segment_to(out, *args))
+    labels = yield from _segment_in_memory(model, planes, spatial, run, notice, min_size, expand)
+    if join:
+        labels[...] = postprocess.join_slices(labels)
+    return labels
+
+
+def _segment_in_memory(model, planes, spatial, run, notice, min_size, expand):
+    """One plane's probabilities at a time, post-processed whole (fast)."""
+    labels = np.zeros(spatial, dtype=np.int32)
+    task = model.info.task
     probs = np.empty((model.config.n_classes, *spatial[-2:]), dtype=np.float32)
     next_id = 0
 
@@ -340,15 +376,71 @@ def segment_iter(
         if task == "instance":
             plane[plane > 0] += next_id
             next_id = max(next_id, int(plane.max()))
-        if len(spatial) == 3:
-            labels[z] = plane
-        else:
-            labels[...] = plane
+        labels[z if len(spatial) == 3 else ...] = plane
 
-    yield from _tiled_inference(model, planes, run, write, on_notice or _notice, plane_done)
-    if join_slices and task == "instance" and len(spatial) == 3:
-        labels[...] = postprocess.join_slices(np.asarray(labels[...]))
+    yield from _tiled_inference(model, planes, run, write, notice, plane_done)
     return labels
+
+
+def _segment_to(out, model, planes, spatial, run, notice, min_size, expand, join):
+    """Tile by tile into ``out`` (semantic) or a temporary foreground store that is then
+    labelled block by block (instance): memory bounded by tile and block, not plane."""
+    plane_shape = spatial[-2:]
+
+    def target(z):
+        return chunked_labels.PlaneView(out, z) if len(spatial) == 3 else out
+
+    if model.info.task == "semantic":
+
+        def write_classes(z, tile, tile_probs):
+            target(z)[tile.out_rows, tile.out_cols] = np.argmax(tile_probs, axis=0)
+
+        yield from _tiled_inference(model, planes, run, write_classes, notice)
+        return out
+
+    import zarr
+
+    next_id = 0
+    with tempfile.TemporaryDirectory(prefix="napari-unet-foreground-") as folder:
+        chunks = tuple(min(LABEL_BLOCK_SIZE, edge) for edge in plane_shape)
+        foreground = zarr.create_array(
+            store=folder, shape=plane_shape, chunks=chunks, dtype=bool, fill_value=False
+        )
+
+        def write_foreground(z, tile, tile_probs):
+            foreground[tile.out_rows, tile.out_cols] = np.argmax(tile_probs, axis=0) == 1
+
+        def label_plane(z):
+            nonlocal next_id
+            next_id += yield from chunked_labels.instances_from_foreground_iter(
+                foreground,
+                target(z),
+                min_size=min_size,
+                expand=expand,
+                block_size=LABEL_BLOCK_SIZE,
+                offset=next_id,
+            )
+
+        steps = chunked_labels.label_steps(plane_shape, LABEL_BLOCK_SIZE)
+        join_steps = chunked_labels.join_steps(spatial, LABEL_BLOCK_SIZE) if join else 0
+        done, total = yield from _relay(
+            _tiled_inference(
+                model, planes, run, write_foreground, notice, label_plane, steps, join_steps
+            )
+        )
+    if join:
+        for step, _ in chunked_labels.join_slices_iter(out, block_size=LABEL_BLOCK_SIZE):
+            if step > 0:
+                yield done + step, total
+    return out
+
+
+def _relay(progress):
+    """Yield from ``progress``; return the last (done, total) it yielded."""
+    last = (0, 0)
+    for last in progress:
+        yield last
+    return last
 
 
 def default_expand(model) -> int:
