@@ -21,9 +21,10 @@ labels one block at a time. Memory: O(block² + objects + plane width), never th
 The halo makes the growth exact: a pixel takes the id of its nearest object pixel when
 that one is at most ``expand`` px away, and every object pixel that close lies within
 ``expand`` px along each axis, so inside the window. Between equidistant objects
-scipy's feature transform (behind ``expand_labels``) chooses by position along the
-axes, not by pixels further away, so ties go the same way too; the tests compare whole
-plane and blocks on random masks full of ties.
+scipy's feature transform (Maurer's algorithm, behind ``expand_labels``) keeps every
+site that is nearest somewhere and takes the first of equals along each axis, so pixels
+further away do not change which one wins: ties go the same way as on the whole plane.
+The tests check this on random masks full of ties.
 """
 
 from __future__ import annotations
