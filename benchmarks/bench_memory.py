@@ -53,6 +53,7 @@ DEFAULT_CASES = [
     "zarr-predict:8192",
     "zarr-segment:8192",
     "zarr-predict:16384",
+    "zarr-segment:16384",
 ]
 SMOKE_CASES = ["numpy-segment:300", "zarr-predict:300", "zarr-segment:300"]
 KINDS = ("numpy-segment", "zarr-predict", "zarr-segment")

@@ -184,3 +184,12 @@ def test_join_slices_block_by_block_equals_the_whole_stack(block_size):
     assert n == expected.max()
     total = join_steps(stack.shape, block_size)
     assert steps == [(done, total) for done in range(total + 1)]
+
+
+def test_memmap_in_and_out(tmp_path):
+    foreground = blobs((50, 60), seed=5)
+    stored = np.lib.format.open_memmap(tmp_path / "fg.npy", "w+", bool, foreground.shape)
+    stored[...] = foreground
+    out = np.lib.format.open_memmap(tmp_path / "labels.npy", "w+", np.int32, foreground.shape)
+    instances_from_foreground(stored, out, min_size=3, expand=1, block_size=16)
+    np.testing.assert_array_equal(out, whole_plane(foreground, min_size=3, expand=1))
