@@ -193,3 +193,26 @@ def test_memmap_in_and_out(tmp_path):
     out = np.lib.format.open_memmap(tmp_path / "labels.npy", "w+", np.int32, foreground.shape)
     instances_from_foreground(stored, out, min_size=3, expand=1, block_size=16)
     np.testing.assert_array_equal(out, whole_plane(foreground, min_size=3, expand=1))
+
+
+def test_memory_is_bounded_by_the_block_not_the_plane():
+    """A 1024² plane labelled in 128² blocks never allocates a plane-sized array: the
+    traced peak stays below one int32 plane (4 MiB; measured 1.9, the whole-plane path 40)."""
+    import tracemalloc
+
+    zarr = pytest.importorskip("zarr")
+    shape = (1024, 1024)
+    foreground = zarr.create_array(store={}, shape=shape, chunks=(128, 128), dtype=bool)
+    foreground[...] = blobs(shape, seed=6)
+    out = zarr.create_array(store={}, shape=shape, chunks=(128, 128), dtype=np.int32)
+    scratch = zarr.create_array(store={}, shape=shape, chunks=(128, 128), dtype=np.int32)
+    tracemalloc.start()
+    try:
+        n = instances_from_foreground(
+            foreground, out, min_size=5, expand=2, block_size=128, scratch=scratch
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n > 1000
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
