@@ -168,3 +168,26 @@ def test_validation_pass_mirrors_the_borders_as_inference_does():
     ours = predict_plane(model, plane, torch.device("cpu"))
     reference = predict(model, image, precision="fp32", device="cpu")
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_returned_model_carries_the_segmentation_settings_tuned_on_validation(pairs, tmp_path):
+    from napari_unet.inference import segment
+    from napari_unet.model_io import read_model_info
+    from napari_unet.postprocess import TUNE_EXPANDS, TUNE_THRESHOLDS
+
+    settings = TINY.replace(iterations=6, val_fraction=0.34, select_by="rand_error")
+    _, model = collect(train_iter(*pairs, settings=settings, out_dir=tmp_path))
+    chosen = model.info.postprocess
+    assert chosen["threshold"] in TUNE_THRESHOLDS and chosen["expand"] in TUNE_EXPANDS
+    tuned = model.info.history["postprocess_val"]
+    assert tuned["threshold"] == chosen["threshold"] and "rand_error" in tuned
+    assert read_model_info(tmp_path / BEST_NAME)[1].postprocess == chosen
+    image = pairs[0][0]
+    np.testing.assert_array_equal(
+        segment(model, image), segment(model, image, **chosen)
+    )  # segment uses them by default
+
+
+def test_select_by_must_be_known():
+    with pytest.raises(ValueError, match="select_by must be one of"):
+        TINY.replace(select_by="loss")

@@ -297,6 +297,7 @@ def segment_iter(
     *,
     min_size: int = postprocess.DEFAULT_MIN_SIZE,
     expand: int | None = None,
+    threshold: float | None = None,
     join_slices: bool = False,
     channel_axis: int | None = None,
     out=None,
@@ -305,10 +306,12 @@ def segment_iter(
 ) -> Progress:
     """Label image of ``image``'s spatial shape; yields (done, total) tiles like predict_iter.
 
-    Instance models: connected components of the foreground (argmax == 1), objects
-    under ``min_size`` px dropped, grown by ``expand`` px to close the background gap
-    the training leaves between touching objects (None: the model's training ``gap``,
-    else 1), ids 1..N, unique across a stack
+    Instance models: connected components of the foreground (probability above
+    ``threshold``), objects under ``min_size`` px dropped, grown by ``expand`` px to
+    close the background gap the training leaves between touching objects, ids 1..N,
+    unique across a stack. ``threshold`` and ``expand`` None: the values training
+    chose on validation data (``model.info.postprocess``), else 0.5 and the model's
+    training ``gap`` (else 1)
     (``join_slices`` gives objects that overlap in neighbouring slices one id).
     Semantic models: argmax class ids. Probabilities are held for one plane at a time;
     ``out`` (an integer array of the spatial shape, e.g. zarr) is written plane by plane.
@@ -326,6 +329,8 @@ def segment_iter(
     task = model.info.task
     if expand is None:
         expand = default_expand(model)
+    if threshold is None:
+        threshold = default_threshold(model)
     probs = np.empty((model.config.n_classes, *spatial[-2:]), dtype=np.float32)
     next_id = 0
 
@@ -335,7 +340,7 @@ def segment_iter(
     def plane_done(z):
         nonlocal next_id
         plane = postprocess.labels_from_probabilities(
-            probs, task=task, min_size=min_size, expand=expand
+            probs, task=task, min_size=min_size, expand=expand, threshold=threshold
         )
         if task == "instance":
             plane[plane > 0] += next_id
@@ -352,8 +357,17 @@ def segment_iter(
 
 
 def default_expand(model) -> int:
-    """Px objects grow after labelling: the ``gap`` the model was trained with, else 1."""
-    return int(model.info.training.get("gap", postprocess.DEFAULT_EXPAND))
+    """Px objects grow after labelling: chosen on validation by training, else the
+    ``gap`` the model was trained with, else 1."""
+    info = model.info
+    return int(
+        info.postprocess.get("expand", info.training.get("gap", postprocess.DEFAULT_EXPAND))
+    )
+
+
+def default_threshold(model) -> float:
+    """Foreground probability threshold: chosen on validation by training, else 0.5."""
+    return float(model.info.postprocess.get("threshold", postprocess.DEFAULT_THRESHOLD))
 
 
 def _settings(settings: dict) -> dict:
