@@ -144,6 +144,9 @@ def test_presets_and_schedule():
     assert paper.optimizer == "sgd" and paper.momentum == 0.99 and paper.batch_size == 1
     assert paper.base_channels == 64 and paper.config().output_size(paper.tile_size) == 388
     assert "fast" in PRESETS
+    dense = PRESETS["dense"]
+    assert (dense.gap, dense.select_by) == (2, "rand_error")
+    assert dense.replace(gap=1, select_by="ap50") == PRESETS["fast"]  # otherwise "fast"
     settings = TrainSettings(lr=1.0, warmup=0.1)
     assert _learning_rate(settings, 0.05) == pytest.approx(0.5)
     assert _learning_rate(settings, 0.1) == pytest.approx(1.0)

@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, help="model file to write")
     parser.add_argument("--minutes", type=float, help="wall-clock budget (default: preset's)")
     parser.add_argument("--iterations", type=int, help="optimiser steps budget")
-    parser.add_argument("--preset", default="fast", help="settings preset: fast (default), paper")
+    parser.add_argument(
+        "--preset", default="fast", help="settings preset: fast (default), dense (EM), paper"
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     parser.add_argument("--mode", choices=("instance", "semantic"), default="instance")
     parser.add_argument("--init", type=Path, help="model file to fine-tune / resume from")
