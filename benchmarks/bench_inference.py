@@ -6,6 +6,8 @@ Both run in the same process on the same image with the same weights (the paper'
 * baseline (written out below, ``plain_predict``): 572 px input tiles, abutting 388 px
   output tiles, one tile per forward pass, fp32, contiguous memory, ``torch.no_grad``.
 * product: ``predict(model, image)`` with every setting at its default.
+* ``--compile``: the defaults with ``torch.compile(model)`` (inductor), timed after a
+  first, compiling call whose time is reported apart.
 * reference for label agreement: ``predict`` with ``precision="fp32"``: one whole-image
   pass for images up to 1024 px (one 1212 px tile), else tiles that the test-suite shows
   equal a whole-image pass to 1e-5.
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--levers", action="store_true", help="also time single levers")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time defaults with torch.compile(model)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny net and image, 1 repeat")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
@@ -197,6 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
             flops = len(lay) * forward_flops(config, *lay.tile_shape)
             seconds, p = timed(lambda kw=kwargs: predict(model, image, **kw), 1)
             runs[name] = (seconds, p, flops)
+    if args.compile:
+        compiled = torch.compile(model)
+        start = time.perf_counter()
+        predict(compiled, image)  # the first call compiles
+        info["compile_first_call_s"] = round(time.perf_counter() - start, 1)
+        seconds, p = timed(lambda: predict(compiled, image), args.repeats)
+        runs["defaults + torch.compile"] = (seconds, p, flops_product)
 
     reference_labels = ref.argmax(axis=0)
     rows = []

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 
 from _machine import cpu_model
 from napari_unet.config import UNetConfig
+from napari_unet.data import prepare_planes, split_validation
 from napari_unet.model import UNet
 from napari_unet.sample_data import make_sample
-from napari_unet.training import PRESETS, TrainSettings, train_iter
+from napari_unet.training import PRESETS, TrainSettings, train_iter, tune_postprocess
 
 
 def machine() -> str:
@@ -112,20 +113,34 @@ def load_split(root: Path):
 
 
 def evaluate_held_out(model, held_out) -> dict[str, float]:
-    """Segment every held-out image with the product's predict.segment, then score."""
+    """Segment every held-out image with the product's ``segment`` at its defaults (the
+    threshold and growth training chose on its validation split), then score."""
     from napari_unet import metrics
     from napari_unet.inference import segment
 
-    gts, preds = [], []
-    expand = model.info.training.get("gap", 1)  # grow objects back by the training gap
-    for image, labels in held_out:
-        preds.append(segment(model, image, expand=expand))
-        gts.append(labels)
+    gts = [labels for _, labels in held_out]
+    preds = [segment(model, image) for image, _ in held_out]
+
+    def mean(metric, **kwargs) -> float:
+        return float(np.mean([metric(g, p, **kwargs) for g, p in zip(gts, preds)]))
+
     return {
         "ap50": metrics.average_precision(gts, preds, iou=0.5),
-        "rand_error": float(np.mean([metrics.rand_error(g, p) for g, p in zip(gts, preds)])),
-        "pixel_error": float(np.mean([metrics.pixel_error(g, p) for g, p in zip(gts, preds)])),
+        "rand_error": mean(metrics.rand_error),  # skimage.metrics.adapted_rand_error
+        "rand_error_snemi": mean(metrics.rand_error, background_singletons=True),
+        "pixel_error": mean(metrics.pixel_error),
     }
+
+
+def validation_planes(train_pairs, settings: TrainSettings):
+    """The validation planes ``train_iter`` splits off ``train_pairs`` with ``settings``."""
+    planes, _, _ = prepare_planes(
+        [p[0] for p in train_pairs], [p[1] for p in train_pairs], None, mode="instance",
+        gap=settings.gap, w0=settings.w0, sigma=settings.sigma,
+        normalization=settings.normalization,
+    )  # fmt: skip
+    rng = np.random.default_rng(settings.seed)
+    return split_validation(planes, settings.val_fraction, rng, settings.val_max_planes)[1]
 
 
 def accuracy(args) -> None:
@@ -156,9 +171,16 @@ def accuracy(args) -> None:
             print(f"  {minutes:5.2f} min step {record['iteration']}: {record['val']}")
         records.append({k: v for k, v in record.items() if k != "preview_model"})
     print(f"trained {records[-1]['iteration']} steps in {records[-1]['elapsed']:.0f} s")
+    # snapshots get their threshold and growth tuned on the training's own validation
+    # split, as train_iter tunes the model it returns
+    val_planes = validation_planes(train_pairs, settings)
     curve = []
     for minutes, model in [*snapshots, (records[-1]["elapsed"] / 60, final)]:
-        scores = evaluate_held_out(model.cpu(), held_out)
+        model = model.cpu()
+        if not model.info.postprocess:
+            tuned = tune_postprocess(model, val_planes, settings.select_by, torch.device("cpu"))
+            model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
+        scores = evaluate_held_out(model, held_out) | model.info.postprocess
         curve.append({"minutes": minutes, **scores})
         print(f"  held-out @ {minutes:5.2f} min: {scores}")
     result = {
@@ -173,6 +195,10 @@ def accuracy(args) -> None:
     }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.save:
+        from napari_unet.model_io import save_model
+
+        save_model(final, args.save)
 
 
 def main(argv=None) -> int:
@@ -189,6 +215,7 @@ def main(argv=None) -> int:
     a.add_argument("--snapshot-s", type=float, default=120.0)
     a.add_argument("--set", action="append", help="override a setting: key=json_value")
     a.add_argument("--json", help="write the results here")
+    a.add_argument("--save", help="save the final model to this file")
     args = parser.parse_args(argv)
     UNetConfig()  # fail early on a broken install
     {"throughput": throughput, "accuracy": accuracy}[args.what](args)

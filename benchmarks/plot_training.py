@@ -121,6 +121,8 @@ def curve(path: str, *results: str) -> None:
         gap, seed = data["settings"].get("gap", 1), data["settings"].get("seed", 0)
         name = f"{name} (gap {gap})" if gap != 1 else name
         name = f"{name} (seed {seed})" if seed else name
+        select_by = data["settings"].get("select_by", "ap50")
+        name = f"{name} (select by {select_by})" if select_by != "ap50" else name
         if "dsb" in name:
             ax.plot(minutes, [p["ap50"] for p in data["curve"]], "o-", label=f"{name}: AP@0.5")
         else:

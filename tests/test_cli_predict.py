@@ -136,3 +136,14 @@ def test_refuses_to_overwrite_its_inputs(tmp_path, model_file, capsys):
     )
     assert code == 2 and "overwrite" in capsys.readouterr().err
     assert np.array_equal(tifffile.imread(tmp_path / "a.tif"), before)
+
+
+def test_threshold_option_and_its_range(tmp_path, model_file, capsys):
+    path, model = model_file
+    tifffile.imwrite(tmp_path / "a.tif", image(0))
+    args = ["predict", "--model", str(path), "--images", str(tmp_path / "a.tif")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--threshold", "0.3"]) == 0
+    expected = segment(model, image(0), threshold=0.3, expand=1)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), expected)
+    assert main([*args, "--out", str(tmp_path / "bad"), "--threshold", "1.5"]) == 2
+    assert "--threshold must lie between 0 and 1" in capsys.readouterr().err

@@ -35,6 +35,19 @@ def test_train_cli_writes_a_loadable_model(tmp_path, capsys, monkeypatch):
     assert "2 image/label pair(s)" in printed and "trained 3 steps" in printed
 
 
+def test_train_cli_select_by_and_gap_reach_the_model(tmp_path, capsys, monkeypatch):
+    write_pairs(tmp_path, ["a", "b", "c"])
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
+    out = tmp_path / "model.safetensors"
+    argv = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
+    argv += ["--out", str(out), "--iterations", "3", "--preset", "tiny", "--val-fraction", "0.34"]
+    assert main([*argv, "--select-by", "rand_error", "--gap", "2"]) == 0
+    model = load_model(out)
+    assert model.info.training["select_by"] == "rand_error" and model.info.training["gap"] == 2
+    assert set(model.info.postprocess) == {"threshold", "expand"}
+    assert "segmentation settings chosen on validation" in capsys.readouterr().out
+
+
 def test_train_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from skimage.metrics import adapted_rand_error
 
 from napari_unet.metrics import (
     average_precision,
@@ -135,23 +136,26 @@ def test_average_precision_sums_counts_over_images():
         average_precision([gt, gt], [gt])
 
 
-def test_rand_error_ignores_gt_background_and_predicted_background_is_singletons():
+def test_rand_error_ignores_gt_background_and_scores_predicted_background():
     gt = np.zeros((10, 20), int)
     gt[:, 2:8], gt[:, 12:18] = 1, 2
     pred = np.zeros_like(gt)
     pred[:, :10], pred[:, 10:] = 1, 2  # objects grown into the gt background
     assert rand_error(gt, pred) == 0.0
-    # background in the prediction between the objects must not merge them
     thin = gt.copy()
     thin[:, 2], thin[:, 17] = 0, 0
-    # singletons are in no pair: both = in_pred = 2 * 50 * 49, in_gt = 2 * 60 * 59
-    assert rand_error(gt, thin) == pytest.approx(1 - 2 * 4900 / (4900 + 7080))
+    # plain scikit-image (the default): the 20 predicted background pixels form one
+    # segment spanning both objects; both = 2 * 50 * 49 + 2 * 10 * 9,
+    # in_pred = 2 * 50 * 49 + 20 * 19, in_gt = 2 * 60 * 59
+    assert rand_error(gt, thin) == pytest.approx(1 - 2 * 5080 / (5280 + 7080))
+    assert rand_error(gt, thin) == pytest.approx(adapted_rand_error(gt, thin)[0])
+    # SNEMI3D: predicted background pixels are singletons, in no pair:
+    # both = in_pred = 2 * 50 * 49
+    singletons = rand_error(gt, thin, background_singletons=True)
+    assert singletons == pytest.approx(1 - 2 * 4900 / (4900 + 7080))
     # one merged object costs more: in_pred = 100 * 99
-    assert rand_error(gt, (thin > 0).astype(int)) == pytest.approx(1 - 2 * 4900 / (9900 + 7080))
-    # plain scikit-image: the 20 background pixels form one segment spanning both objects;
-    # both = 2 * 50 * 49 + 2 * 10 * 9, in_pred = 2 * 50 * 49 + 20 * 19
-    plain = rand_error(gt, thin, background_singletons=False)
-    assert plain == pytest.approx(1 - 2 * 5080 / (5280 + 7080))
+    merged = rand_error(gt, (thin > 0).astype(int), background_singletons=True)
+    assert merged == pytest.approx(1 - 2 * 4900 / (9900 + 7080))
 
 
 def test_works_in_3d_and_with_bool_masks():

@@ -244,3 +244,17 @@ def test_load_on_a_device_in_eval_mode(tmp_path):
     model = load_model(path, device=torch.device("cpu"))
     assert next(model.parameters()).device.type == "cpu"
     assert not model.training
+
+
+def test_a_header_size_whose_first_byte_looks_like_pickle_still_loads(tmp_path):
+    """A safetensors file starts with its header size (little-endian): one in 256
+    sizes has 0x80, pickle's first byte, there; such a model must load all the same."""
+    model = UNet(UNetConfig(base_channels=4, depth=2))
+    path = tmp_path / "m.safetensors"
+    for pad in range(0, 4096, 8):
+        model.info.history = {"note": "x" * pad}
+        save_model(model, path)
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert load_model(path).info.history == model.info.history

@@ -68,3 +68,40 @@ def test_join_slices_links_overlapping_objects_only():
     ids = {joined[0, 1, 1], joined[1, 5, 5], joined[2, 0, 5]}
     assert len(ids) == 3 and ids == {1, 2, 3}
     assert np.array_equal(joined > 0, stack > 0)
+
+
+def test_threshold_half_is_the_argmax_and_others_move_the_boundary():
+    rng = np.random.default_rng(0)
+    p1 = rng.random((40, 40)).astype(np.float32)
+    probs = np.stack([1 - p1, p1])
+    argmax = labels_from_probabilities(probs, min_size=0, expand=0)
+    np.testing.assert_array_equal(
+        argmax, labels_from_probabilities(probs, min_size=0, expand=0, threshold=0.5)
+    )
+    high = labels_from_probabilities(probs, min_size=0, expand=0, threshold=0.8)
+    np.testing.assert_array_equal(high > 0, p1 > 0.8)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        labels_from_probabilities(probs, threshold=1.0)
+
+
+def test_tune_instances_finds_the_threshold_that_splits_and_the_growth_that_fills():
+    """Two cells 10 px apart, their cores (eroded by 3 px) sure (0.9), joined by a
+    0.65 bridge; only thresholds above 0.65 split them, and only growing by >= 3*sqrt(2)
+    px gives their rims (corners included) back. Scored by minus the Rand error."""
+    from napari_unet.metrics import rand_error
+    from napari_unet.postprocess import tune_instances
+
+    truth = np.zeros((40, 60), np.int32)
+    truth[10:30, 5:25], truth[10:30, 35:55] = 1, 2
+    foreground = np.full(truth.shape, 0.1, np.float32)
+    foreground[13:27, 8:22] = foreground[13:27, 38:52] = 0.9
+    foreground[18:22, 22:38] = 0.65  # the bridge
+
+    def score(truths, preds):
+        return -np.mean([rand_error(t, p) for t, p in zip(truths, preds)])
+
+    best = tune_instances(
+        [foreground], [truth], score, thresholds=(0.5, 0.6, 0.7), expands=(0, 2, 4, 5, 8)
+    )
+    assert (best["threshold"], best["expand"]) == (0.7, 5)  # the first of equally good
+    assert best["score"] == 0.0

@@ -144,6 +144,9 @@ def test_presets_and_schedule():
     assert paper.optimizer == "sgd" and paper.momentum == 0.99 and paper.batch_size == 1
     assert paper.base_channels == 64 and paper.config().output_size(paper.tile_size) == 388
     assert "fast" in PRESETS
+    dense = PRESETS["dense"]
+    assert (dense.gap, dense.select_by) == (2, "rand_error")
+    assert dense.replace(gap=1, select_by="ap50") == PRESETS["fast"]  # otherwise "fast"
     settings = TrainSettings(lr=1.0, warmup=0.1)
     assert _learning_rate(settings, 0.05) == pytest.approx(0.5)
     assert _learning_rate(settings, 0.1) == pytest.approx(1.0)
@@ -168,3 +171,26 @@ def test_validation_pass_mirrors_the_borders_as_inference_does():
     ours = predict_plane(model, plane, torch.device("cpu"))
     reference = predict(model, image, precision="fp32", device="cpu")
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_returned_model_carries_the_segmentation_settings_tuned_on_validation(pairs, tmp_path):
+    from napari_unet.inference import segment
+    from napari_unet.model_io import read_model_info
+    from napari_unet.postprocess import TUNE_EXPANDS, TUNE_THRESHOLDS
+
+    settings = TINY.replace(iterations=6, val_fraction=0.34, select_by="rand_error")
+    _, model = collect(train_iter(*pairs, settings=settings, out_dir=tmp_path))
+    chosen = model.info.postprocess
+    assert chosen["threshold"] in TUNE_THRESHOLDS and chosen["expand"] in TUNE_EXPANDS
+    tuned = model.info.history["postprocess_val"]
+    assert tuned["threshold"] == chosen["threshold"] and "rand_error" in tuned
+    assert read_model_info(tmp_path / BEST_NAME)[1].postprocess == chosen
+    image = pairs[0][0]
+    np.testing.assert_array_equal(
+        segment(model, image), segment(model, image, **chosen)
+    )  # segment uses them by default
+
+
+def test_select_by_must_be_known():
+    with pytest.raises(ValueError, match="select_by must be one of"):
+        TINY.replace(select_by="loss")

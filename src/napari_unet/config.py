@@ -161,6 +161,8 @@ class ModelInfo:
             "high": 99.8}`` percentiles mapped to 0 and 1.
         training: the training settings used (preset, tile size, ...).
         history: summary of training (iterations, seconds, validation metrics).
+        postprocess: label settings chosen on validation data by training
+            (``threshold``, ``expand`` px); segmenting uses them unless told otherwise.
     """
 
     task: str = "instance"
@@ -168,6 +170,7 @@ class ModelInfo:
     normalization: dict[str, float] = field(default_factory=lambda: {"low": 1.0, "high": 99.8})
     training: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

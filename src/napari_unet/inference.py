@@ -310,6 +310,7 @@ def segment_iter(
     *,
     min_size: int = postprocess.DEFAULT_MIN_SIZE,
     expand: int | None = None,
+    threshold: float | None = None,
     join_slices: bool = False,
     channel_axis: int | None = None,
     out=None,
@@ -318,10 +319,12 @@ def segment_iter(
 ) -> Progress:
     """Label image of ``image``'s spatial shape.
 
-    Instance models: connected components of the foreground (argmax == 1), objects
-    under ``min_size`` px dropped, grown by ``expand`` px to close the background gap
-    the training leaves between touching objects (None: the model's training ``gap``,
-    else 1), ids 1..N, unique across a stack
+    Instance models: connected components of the foreground (probability above
+    ``threshold``), objects under ``min_size`` px dropped, grown by ``expand`` px to
+    close the background gap the training leaves between touching objects, ids 1..N,
+    unique across a stack. ``threshold`` and ``expand`` None: the values training
+    chose on validation data (``model.info.postprocess``), else 0.5 and the model's
+    training ``gap`` (else 1)
     (``join_slices`` gives objects that overlap in neighbouring slices one id).
     Semantic models: argmax class ids.
 
@@ -347,18 +350,22 @@ def segment_iter(
     run = _resolve(model, spatial[-2:], **_settings(settings))
     if expand is None:
         expand = default_expand(model)
+    if threshold is None:
+        threshold = default_threshold(model)
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
+    post = {"min_size": min_size, "expand": expand, "threshold": threshold}
     notice = on_notice or _notice
     join = join_slices and model.info.task == "instance" and len(spatial) == 3
     if out is not None:
-        args = (model, planes, spatial, run, notice, min_size, expand, join)
-        return (yield from _segment_to(out, *args))
-    labels = yield from _segment_in_memory(model, planes, spatial, run, notice, min_size, expand)
+        return (yield from _segment_to(out, model, planes, spatial, run, notice, post, join))
+    labels = yield from _segment_in_memory(model, planes, spatial, run, notice, post)
     if join:
         labels[...] = postprocess.join_slices(labels)
     return labels
 
 
-def _segment_in_memory(model, planes, spatial, run, notice, min_size, expand):
+def _segment_in_memory(model, planes, spatial, run, notice, post: dict):
     """One plane's probabilities at a time, post-processed whole (fast)."""
     labels = np.zeros(spatial, dtype=np.int32)
     task = model.info.task
@@ -370,9 +377,7 @@ def _segment_in_memory(model, planes, spatial, run, notice, min_size, expand):
 
     def plane_done(z):
         nonlocal next_id
-        plane = postprocess.labels_from_probabilities(
-            probs, task=task, min_size=min_size, expand=expand
-        )
+        plane = postprocess.labels_from_probabilities(probs, task=task, **post)
         if task == "instance":
             plane[plane > 0] += next_id
             next_id = max(next_id, int(plane.max()))
@@ -382,7 +387,7 @@ def _segment_in_memory(model, planes, spatial, run, notice, min_size, expand):
     return labels
 
 
-def _segment_to(out, model, planes, spatial, run, notice, min_size, expand, join):
+def _segment_to(out, model, planes, spatial, run, notice, post: dict, join: bool):
     """Tile by tile into ``out`` (semantic) or a temporary foreground store that is then
     labelled block by block (instance): memory bounded by tile and block, not plane."""
     plane_shape = spatial[-2:]
@@ -408,15 +413,15 @@ def _segment_to(out, model, planes, spatial, run, notice, min_size, expand, join
         )
 
         def write_foreground(z, tile, tile_probs):
-            foreground[tile.out_rows, tile.out_cols] = np.argmax(tile_probs, axis=0) == 1
+            foreground[tile.out_rows, tile.out_cols] = tile_probs[1] > post["threshold"]
 
         def label_plane(z):
             nonlocal next_id
             next_id += yield from chunked_labels.instances_from_foreground_iter(
                 foreground,
                 target(z),
-                min_size=min_size,
-                expand=expand,
+                min_size=post["min_size"],
+                expand=post["expand"],
                 block_size=LABEL_BLOCK_SIZE,
                 offset=next_id,
             )
@@ -444,8 +449,17 @@ def _relay(progress):
 
 
 def default_expand(model) -> int:
-    """Px objects grow after labelling: the ``gap`` the model was trained with, else 1."""
-    return int(model.info.training.get("gap", postprocess.DEFAULT_EXPAND))
+    """Px objects grow after labelling: chosen on validation by training, else the
+    ``gap`` the model was trained with, else 1."""
+    info = model.info
+    return int(
+        info.postprocess.get("expand", info.training.get("gap", postprocess.DEFAULT_EXPAND))
+    )
+
+
+def default_threshold(model) -> float:
+    """Foreground probability threshold: chosen on validation by training, else 0.5."""
+    return float(model.info.postprocess.get("threshold", postprocess.DEFAULT_THRESHOLD))
 
 
 def _settings(settings: dict) -> dict:

@@ -133,13 +133,14 @@ def _read_metadata(path: Path) -> dict[str, str]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         prefix = f.read(8)
-        if prefix.startswith(_PICKLE_MAGIC):
-            raise ModelFileError(
-                f"{path} is a pickled PyTorch file, which can run arbitrary code when "
-                f"opened, so it is refused: napari-unet only opens its own {SUFFIX} models"
-            )
         header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 2 <= header_size <= _MAX_HEADER_BYTES or f.read(1) != b"{":
+            # only now: a safetensors header size may itself start with byte 0x80
+            if prefix.startswith(_PICKLE_MAGIC):
+                raise ModelFileError(
+                    f"{path} is a pickled PyTorch file, which can run arbitrary code when "
+                    f"opened, so it is refused: napari-unet only opens its own {SUFFIX} models"
+                )
             raise ModelFileError(f"{path} is not a napari-unet model file (not safetensors)")
         if 8 + header_size > size:
             raise ModelFileError(f"{path} is truncated (incomplete file; save it again)")

@@ -4,10 +4,14 @@ Instance models predict background (class 0) and foreground (class 1); training
 keeps a 1-2 px background gap between touching objects, so connected components of
 the foreground separate them, and growing each component by ``expand`` px
 (:func:`skimage.segmentation.expand_labels`) gives the pixels of that gap back.
-Semantic models give one class id per pixel.
+Semantic models give one class id per pixel. :func:`tune_instances` picks the
+foreground threshold and growth that score best on validation data (as StarDist
+optimises its thresholds); training stores them in the model (``ModelInfo.postprocess``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -17,6 +21,9 @@ from skimage.segmentation import expand_labels, relabel_sequential
 
 DEFAULT_MIN_SIZE = 10  # px; smaller foreground specks are dropped
 DEFAULT_EXPAND = 1  # px each object grows: two objects 2 px apart touch again
+DEFAULT_THRESHOLD = 0.5  # foreground probability; 0.5 is the argmax of two classes
+TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+TUNE_EXPANDS = (1, 2, 4, 8, 16)
 
 
 def labels_from_probabilities(
@@ -25,6 +32,7 @@ def labels_from_probabilities(
     task: str = "instance",
     min_size: int = DEFAULT_MIN_SIZE,
     expand: int = DEFAULT_EXPAND,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> np.ndarray:
     """int32 labels (Y, X) from probabilities (n_classes, Y, X).
 
@@ -33,15 +41,50 @@ def labels_from_probabilities(
             (argmax class ids, 0 = background).
         min_size: instance objects with fewer predicted foreground px are dropped.
         expand: px each instance object grows into the background (0: none).
+        threshold: instance foreground is ``probs[1] > threshold`` (0.5: the argmax).
     """
     if probs.ndim != 3 or probs.shape[0] < 2:
         raise ValueError(f"expected probabilities (n_classes >= 2, Y, X), got {probs.shape}")
-    classes = np.argmax(probs, axis=0)
     if task == "semantic":
-        return classes.astype(np.int32)
+        return np.argmax(probs, axis=0).astype(np.int32)
     if task != "instance":
         raise ValueError(f"task must be 'instance' or 'semantic', got {task!r}")
-    return instances_from_foreground(classes == 1, min_size=min_size, expand=expand)
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
+    return instances_from_foreground(probs[1] > threshold, min_size=min_size, expand=expand)
+
+
+def tune_instances(
+    foreground: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    score: Callable[[list[np.ndarray], list[np.ndarray]], float],
+    *,
+    thresholds: Sequence[float] = TUNE_THRESHOLDS,
+    expands: Sequence[int] = TUNE_EXPANDS,
+    min_size: int = DEFAULT_MIN_SIZE,
+) -> dict[str, float]:
+    """The foreground threshold and growth whose labels score best on validation data.
+
+    Args:
+        foreground: foreground probabilities (Y, X) per image.
+        truths: ground-truth instance labels (Y, X) per image.
+        score: ``score(truths, predictions)``, higher is better (e.g. AP@0.5, or
+            minus the Rand error).
+
+    Returns:
+        ``{"threshold": t, "expand": px, "score": s}`` of the best pair (ties: the
+        first in the order given).
+    """
+    best = {"threshold": DEFAULT_THRESHOLD, "expand": DEFAULT_EXPAND, "score": -np.inf}
+    for threshold in thresholds:
+        cores = [instances_from_foreground(p > threshold, min_size=min_size, expand=0)
+                 for p in foreground]  # fmt: skip
+        for expand in expands:
+            grown = [expand_labels(c, distance=expand) if expand else c for c in cores]
+            value = float(score(list(truths), grown))
+            if value > best["score"]:
+                best = {"threshold": float(threshold), "expand": int(expand), "score": value}
+    return best
 
 
 def instances_from_foreground(
@@ -88,19 +131,24 @@ def labels_from_stack_probabilities(
     task: str = "instance",
     min_size: int = DEFAULT_MIN_SIZE,
     expand: int = DEFAULT_EXPAND,
+    threshold: float = DEFAULT_THRESHOLD,
     join: bool = False,
 ) -> np.ndarray:
     """int32 labels (Y, X) or (Z, Y, X) from probabilities (n_classes, Y, X) or
     (n_classes, Z, Y, X): slice by slice, instance ids unique across the stack;
     ``join`` gives objects that overlap in neighbouring slices one id."""
     if probs.ndim == 3:
-        return labels_from_probabilities(probs, task=task, min_size=min_size, expand=expand)
+        return labels_from_probabilities(
+            probs, task=task, min_size=min_size, expand=expand, threshold=threshold
+        )
     if probs.ndim != 4:
         raise ValueError(f"expected probabilities (n_classes, [Z,] Y, X), got {probs.shape}")
     labels = np.zeros(probs.shape[1:], dtype=np.int32)
     offset = 0
     for z in range(probs.shape[1]):
-        plane = labels_from_probabilities(probs[:, z], task=task, min_size=min_size, expand=expand)
+        plane = labels_from_probabilities(
+            probs[:, z], task=task, min_size=min_size, expand=expand, threshold=threshold
+        )
         if task == "instance":
             plane[plane > 0] += offset
             offset = max(offset, int(plane.max()))

@@ -48,7 +48,13 @@ def register(subparsers) -> None:
         "--expand",
         type=int,
         default=None,
-        help="grow objects by N px (default: the model's training gap)",
+        help="grow objects by N px (default: chosen in training, else the model's gap)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="foreground probability threshold (default: chosen in training, else 0.5)",
     )
     parser.add_argument(
         "--join-slices", action="store_true", help="link objects across stack slices"
@@ -92,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ..inference import default_expand, predict_iter, segment_iter
+    from ..inference import default_expand, default_threshold, predict_iter, segment_iter
     from ..model_io import load_model
     from ..postprocess import DEFAULT_MIN_SIZE, labels_from_stack_probabilities
 
@@ -113,13 +119,21 @@ def run(args: argparse.Namespace) -> int:
     }
     min_size = DEFAULT_MIN_SIZE if args.min_size is None else args.min_size
     expand = default_expand(model) if args.expand is None else args.expand
+    threshold = default_threshold(model) if args.threshold is None else args.threshold
+    if not 0 < threshold < 1:
+        raise ValueError(f"--threshold must lie between 0 and 1, got {threshold}")
     for path in images:
         start = time.perf_counter()
         image = read_image(path)
         if args.probabilities:
             generator = predict_iter(model, image, **settings)
         else:  # probabilities of one plane at a time only
-            options = {"min_size": min_size, "expand": expand, "join_slices": args.join_slices}
+            options = {
+                "min_size": min_size,
+                "expand": expand,
+                "threshold": threshold,
+                "join_slices": args.join_slices,
+            }
             generator = segment_iter(model, image, **options, **settings)
         with tqdm(desc=path.name, unit="tile", leave=False, file=sys.stderr) as bar:
             while True:
@@ -137,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
                 task=model.info.task,
                 min_size=min_size,
                 expand=expand,
+                threshold=threshold,
                 join=args.join_slices,
             )
         write_tiff_atomic(out_dir / path.with_suffix(".tif").name, labels)

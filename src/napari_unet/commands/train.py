@@ -24,13 +24,24 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, help="model file to write")
     parser.add_argument("--minutes", type=float, help="wall-clock budget (default: preset's)")
     parser.add_argument("--iterations", type=int, help="optimiser steps budget")
-    parser.add_argument("--preset", default="fast", help="settings preset: fast (default), paper")
+    parser.add_argument(
+        "--preset", default="fast", help="settings preset: fast (default), dense (EM), paper"
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     parser.add_argument("--mode", choices=("instance", "semantic"), default="instance")
     parser.add_argument("--init", type=Path, help="model file to fine-tune / resume from")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--val-fraction", type=float, help="share of images held out for validation"
+    )
+    parser.add_argument(
+        "--select-by",
+        choices=("ap50", "rand_error"),
+        help="validation metric that picks the best model and its segmentation threshold "
+        "(default ap50; rand_error for dense tissue such as EM)",
+    )
+    parser.add_argument(
+        "--gap", type=int, help="px background line kept between touching objects (default 1)"
     )
     parser.set_defaults(func=run)
 
@@ -80,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     changes = {"device": args.device, "seed": args.seed}
     if args.minutes is not None or args.iterations is not None:
         changes.update(minutes=args.minutes, iterations=args.iterations)
-    if args.val_fraction is not None:
-        changes["val_fraction"] = args.val_fraction
+    for name in ("val_fraction", "select_by", "gap"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     settings = PRESETS[args.preset].replace(**changes)
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a model file name")
@@ -132,6 +144,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {history['iterations']} steps in {history['seconds']:.0f} s; saved {args.out}")
     if best:
         print("validation (best model): " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()))
+    if model.info.postprocess:
+        tuned = history["postprocess_val"]
+        print(
+            f"segmentation settings chosen on validation: threshold {tuned['threshold']}, "
+            f"expand {tuned['expand']} px (AP@0.5 {tuned['ap50']:.4f}, "
+            f"Rand error {tuned['rand_error']:.4f})"
+        )
     else:
         print("no validation data held out (single small image or --val-fraction 0)")
     return 0
