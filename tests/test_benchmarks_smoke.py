@@ -99,3 +99,22 @@ def test_bench_training_accuracy_and_plot_smoke(tmp_path):
     done = run_script("plot_training.py", "curve", str(plot), str(result))
     assert done.returncode == 0, done.stderr
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_sweep_postprocess_smoke(tmp_path, shared_data):
+    import torch
+
+    from napari_unet.config import UNetConfig
+    from napari_unet.model import UNet
+    from napari_unet.model_io import save_model
+    from napari_unet.postprocess import TUNE_EXPANDS, TUNE_THRESHOLDS
+
+    torch.manual_seed(0)
+    model = save_model(UNet(UNetConfig(base_channels=4, depth=2)), tmp_path / "m.safetensors")
+    data = shared_data / "isbi2012" / "train"
+    done = run_script("sweep_postprocess.py", str(model), "--data", str(data), "--limit", "1")
+    assert done.returncode == 0, done.stderr
+    assert "1 held-out images" in done.stdout
+    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    assert len(rows) == len(TUNE_THRESHOLDS) * len(TUNE_EXPANDS)
+    assert all(0 <= float(ap) <= 1 and 0 <= float(rand) <= 1 for *_, ap, rand in rows)
