@@ -281,10 +281,15 @@ def test_device_choice_is_overridable(monkeypatch):
 
 
 def test_segment_iter_yields_progress():
+    """Tiles, then the labelling's blocks (two passes over one block here)."""
+    from napari_unet.chunked_labels import label_steps
+
     model = tiny(depth=2)
     tiles = len(tile_layout((60, 60), 48, model.config))
+    total = tiles + label_steps((60, 60))
     steps = list(segment_iter(model, structured((60, 60)), tile_size=48, **EXACT))
-    assert tiles > 1 and steps[0] == (0, tiles) and steps[-1] == (tiles, tiles)
+    assert tiles > 1 and steps[0] == (0, total) and steps[-1] == (total, total)
+    assert [done for done, _ in steps] == sorted(done for done, _ in steps)
 
 
 def test_benchmark_smoke_mode_runs_and_reports_agreement(monkeypatch):

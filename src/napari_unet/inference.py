@@ -328,18 +328,19 @@ def segment_iter(
     (``join_slices`` gives objects that overlap in neighbouring slices one id).
     Semantic models: argmax class ids.
 
-    Memory: without ``out`` one plane's probabilities are held and post-processed at
-    once (fast). With ``out`` (an integer array of the spatial shape, e.g. zarr) memory
-    is bounded by the tile and block sizes, not the plane: each tile's class ids go
-    straight into ``out`` (semantic) or its foreground into a temporary zarr store,
-    which :mod:`napari_unet.chunked_labels` then labels block by block into ``out``;
-    the labels are the same either way.
+    Memory: each tile's class ids go straight into the result (semantic), or its
+    foreground into a mask that :mod:`napari_unet.chunked_labels` labels block by
+    block (instance). Without ``out`` the mask and the result are numpy arrays (about
+    9 bytes per pixel of the image with the labelling's scratch). With ``out`` (an
+    integer array of the spatial shape, e.g. zarr) the mask and scratch are temporary
+    zarr stores and memory is bounded by the tile and block sizes, not the plane; the
+    labels are the same either way.
     ``settings``: tile_size, batch_size, device, precision, channels_last as in
     :func:`predict_iter`.
 
     Yields:
-        (done, total) steps: the tiles, and with ``out`` for instance models also the
-        labelling's blocks (:func:`napari_unet.chunked_labels.label_steps` per plane).
+        (done, total) steps: the tiles, and for instance models also the labelling's
+        blocks (:func:`napari_unet.chunked_labels.label_steps` per plane).
 
     Returns:
         int32 labels of the image's spatial shape (``out`` itself when given).
@@ -357,39 +358,16 @@ def segment_iter(
     post = {"min_size": min_size, "expand": expand, "threshold": threshold}
     notice = on_notice or _notice
     join = join_slices and model.info.task == "instance" and len(spatial) == 3
-    if out is not None:
-        return (yield from _segment_to(out, model, planes, spatial, run, notice, post, join))
-    labels = yield from _segment_in_memory(model, planes, spatial, run, notice, post)
-    if join:
-        labels[...] = postprocess.join_slices(labels)
-    return labels
-
-
-def _segment_in_memory(model, planes, spatial, run, notice, post: dict):
-    """One plane's probabilities at a time, post-processed whole (fast)."""
-    labels = np.zeros(spatial, dtype=np.int32)
-    task = model.info.task
-    probs = np.empty((model.config.n_classes, *spatial[-2:]), dtype=np.float32)
-    next_id = 0
-
-    def write(z, tile, tile_probs):
-        probs[:, tile.out_rows, tile.out_cols] = tile_probs
-
-    def plane_done(z):
-        nonlocal next_id
-        plane = postprocess.labels_from_probabilities(probs, task=task, **post)
-        if task == "instance":
-            plane[plane > 0] += next_id
-            next_id = max(next_id, int(plane.max()))
-        labels[z if len(spatial) == 3 else ...] = plane
-
-    yield from _tiled_inference(model, planes, run, write, notice, plane_done)
-    return labels
+    if out is None:
+        out = np.zeros(spatial, dtype=np.int32)
+    return (yield from _segment_to(out, model, planes, spatial, run, notice, post, join))
 
 
 def _segment_to(out, model, planes, spatial, run, notice, post: dict, join: bool):
-    """Tile by tile into ``out`` (semantic) or a temporary foreground store that is then
-    labelled block by block (instance): memory bounded by tile and block, not plane."""
+    """Tile by tile into ``out`` (semantic) or a foreground mask that is then labelled
+    block by block (instance). For a numpy ``out`` the mask and the labelling's scratch
+    are numpy arrays too; otherwise temporary zarr stores, so that memory is bounded by
+    tile and block, not plane."""
     plane_shape = spatial[-2:]
 
     def target(z):
@@ -403,14 +381,21 @@ def _segment_to(out, model, planes, spatial, run, notice, post: dict, join: bool
         yield from _tiled_inference(model, planes, run, write_classes, notice)
         return out
 
-    import zarr
-
     next_id = 0
+    in_memory = isinstance(out, np.ndarray)
     with tempfile.TemporaryDirectory(prefix="napari-unet-foreground-") as folder:
-        chunks = tuple(min(LABEL_BLOCK_SIZE, edge) for edge in plane_shape)
-        foreground = zarr.create_array(
-            store=folder, shape=plane_shape, chunks=chunks, dtype=bool, fill_value=False
-        )
+        if in_memory:
+            foreground = np.zeros(plane_shape, dtype=bool)
+            id_dtype = np.int32 if np.prod(plane_shape) < 2**31 else np.int64
+            scratch = np.zeros(plane_shape, dtype=id_dtype)
+        else:
+            import zarr
+
+            chunks = tuple(min(LABEL_BLOCK_SIZE, edge) for edge in plane_shape)
+            foreground = zarr.create_array(
+                store=folder, shape=plane_shape, chunks=chunks, dtype=bool, fill_value=False
+            )
+            scratch = None  # chunked_labels makes a temporary zarr store
 
         def write_foreground(z, tile, tile_probs):
             foreground[tile.out_rows, tile.out_cols] = tile_probs[1] > post["threshold"]
@@ -424,6 +409,7 @@ def _segment_to(out, model, planes, spatial, run, notice, post: dict, join: bool
                 expand=post["expand"],
                 block_size=LABEL_BLOCK_SIZE,
                 offset=next_id,
+                scratch=scratch,
             )
 
         steps = chunked_labels.label_steps(plane_shape, LABEL_BLOCK_SIZE)
