@@ -162,8 +162,8 @@ def run_case(kind: str, edge: int, workdir: Path, device: str | None, block: int
     start = time.perf_counter()
     run = predict_iter if kind == "zarr-predict" else segment_iter
     steps = run(model, image, device=device, out=out)
-    # zarr-segment counts the labelling's blocks after the tiles
-    labelling = label_steps((edge, edge), LABEL_BLOCK_SIZE) if kind == "zarr-segment" else 0
+    # segment (numpy or zarr) counts the labelling's blocks after the tiles
+    labelling = label_steps((edge, edge), LABEL_BLOCK_SIZE) if kind != "zarr-predict" else 0
     tiles, tiles_seconds = 0, None
     while True:
         try:
