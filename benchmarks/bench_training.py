@@ -31,10 +31,15 @@ import torch.nn.functional as F
 
 from _machine import cpu_model
 from napari_unet.config import UNetConfig
-from napari_unet.data import prepare_planes, split_validation
 from napari_unet.model import UNet
 from napari_unet.sample_data import make_sample
-from napari_unet.training import PRESETS, TrainSettings, train_iter, tune_postprocess
+from napari_unet.training import (
+    PRESETS,
+    TrainSettings,
+    split_planes,
+    train_iter,
+    tune_postprocess,
+)
 
 
 def machine() -> str:
@@ -132,17 +137,6 @@ def evaluate_held_out(model, held_out) -> dict[str, float]:
     }
 
 
-def validation_planes(train_pairs, settings: TrainSettings):
-    """The validation planes ``train_iter`` splits off ``train_pairs`` with ``settings``."""
-    planes, _, _ = prepare_planes(
-        [p[0] for p in train_pairs], [p[1] for p in train_pairs], None, mode="instance",
-        gap=settings.gap, w0=settings.w0, sigma=settings.sigma,
-        normalization=settings.normalization,
-    )  # fmt: skip
-    rng = np.random.default_rng(settings.seed)
-    return split_validation(planes, settings.val_fraction, rng, settings.val_max_planes)[1]
-
-
 def accuracy(args) -> None:
     train_pairs, held_out = load_split(Path(args.data))
     changes = {"minutes": args.minutes, "iterations": None, "preview_every_s": args.snapshot_s}
@@ -173,7 +167,9 @@ def accuracy(args) -> None:
     print(f"trained {records[-1]['iteration']} steps in {records[-1]['elapsed']:.0f} s")
     # snapshots get their threshold and growth tuned on the training's own validation
     # split, as train_iter tunes the model it returns
-    val_planes = validation_planes(train_pairs, settings)
+    val_planes = split_planes(
+        [p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings
+    )[1]
     curve = []
     for minutes, model in [*snapshots, (records[-1]["elapsed"] / 60, final)]:
         model = model.cpu()

@@ -431,6 +431,25 @@ def _save(model: UNet, path: Path) -> None:
         raise OSError(f"could not save the model to {path}: {reason}") from error
 
 
+def split_planes(
+    images, labels, masks=None, *, settings: TrainSettings, mode: str = "instance",
+    normalization=None, channel_axis=None, n_classes=None, cache=None,
+) -> tuple[list[Plane], list[Plane], int, int]:  # fmt: skip
+    """Training planes, validation planes, input channels and classes, as
+    :func:`train_iter` prepares and splits them with ``settings`` (see
+    :func:`napari_unet.data.prepare_planes`; ``normalization`` None: the settings')."""
+    planes, channels, classes = prepare_planes(
+        images, labels, masks, mode=mode, gap=settings.gap, w0=settings.w0,
+        sigma=settings.sigma, normalization=normalization or settings.normalization,
+        channel_axis=channel_axis, n_classes=n_classes, cache=cache,
+    )  # fmt: skip
+    train_planes, val_planes = split_validation(
+        planes, settings.val_fraction, np.random.default_rng(settings.seed),
+        settings.val_max_planes,
+    )  # fmt: skip
+    return train_planes, val_planes, channels, classes
+
+
 def train_iter(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -495,16 +514,10 @@ def train_iter(
     cache = WeightCache()
 
     def load(images, labels, masks):
-        planes, channels, classes = prepare_planes(
-            images, labels, masks, mode=mode, gap=settings.gap, w0=settings.w0,
-            sigma=settings.sigma, normalization=norm, channel_axis=channel_axis,
-            n_classes=n_classes, cache=cache,
+        return split_planes(
+            images, labels, masks, settings=settings, mode=mode, normalization=norm,
+            channel_axis=channel_axis, n_classes=n_classes, cache=cache,
         )  # fmt: skip
-        train_planes, val_planes = split_validation(
-            planes, settings.val_fraction, np.random.default_rng(settings.seed),
-            settings.val_max_planes,
-        )  # fmt: skip
-        return train_planes, val_planes, channels, classes
 
     train_planes, val_planes, in_channels, n_classes = load(images, labels, masks)
     model = _initial_model(init_model, settings, in_channels, n_classes, mode, device)
