@@ -6,6 +6,7 @@ images, a tiny network and a few iterations keep the whole file fast.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import dask.array as da
@@ -21,7 +22,7 @@ from napari_unet.model_io import load_model
 from napari_unet.sample_data import make_sample
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
-from napari_unet.widgets import _dialogs
+from napari_unet.widgets import _dialogs, jobs
 from napari_unet.widgets.model_store import model_store
 from napari_unet.widgets.segment_widget import SegmentWidget
 from napari_unet.widgets.train_widget import TrainWidget
@@ -384,24 +385,64 @@ def test_new_strokes_reach_the_engine(sample_viewer, qtbot, tiny_preset):
     assert widget._refresh([pair]) is None  # handed over once
 
 
-def test_ui_stays_responsive_while_training(sample_viewer, qtbot, tiny_preset, monkeypatch):
-    """Longest event-loop stall between the first and the last training step < 100 ms."""
+@pytest.mark.parametrize("shown", [False, True], ids=["hidden", "shown"])
+def test_ui_stays_responsive_while_training(
+    make_napari_viewer, qtbot, tiny_preset, monkeypatch, shown
+):
+    """Longest event-loop stall between the first and the last training step < 100 ms.
+
+    With the window shown (under Xvfb: OpenGL drawn by Mesa's software renderer)
+    the canvas, dock and progress bars repaint during the run; the viewer is
+    shown and given half a second to paint its first frames before training
+    starts, so only the training run itself is measured. The run includes
+    live-preview refreshes and validations.
+
+    A real run of minutes sees full garbage collections in the training thread
+    (~300 ms holding the GIL in a napari process, unless the widget freezes the
+    heap); a run this short may not, so the test forces one.
+    """
+    preview_prediction = jobs.preview_prediction
+
+    collect_s: list[float] = []
+
+    def collecting_preview(*args):
+        if len(steps) >= 60 and not collect_s:  # once, after the first validation
+            start = time.perf_counter()
+            gc.collect()
+            collect_s.append(time.perf_counter() - start)
+        return preview_prediction(*args)
+
+    monkeypatch.setattr(jobs, "preview_prediction", collecting_preview)
     monkeypatch.setitem(
-        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=120, val_every=40)
+        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=240, val_every=60)
     )
-    widget = TrainWidget(sample_viewer)
+    image, labels = make_sample((128, 128), n_objects=10, seed=1)
+    viewer = make_napari_viewer(show=shown)
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells labels")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train U-Net")
     widget.preset.value = tiny_preset
+    qtbot.wait(500)  # first paint of the window and the dock
     ticks: list[float] = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     steps: list[float] = []
+    kinds: set[str] = set()
     widget.train()
     widget._worker.yielded.connect(lambda record: steps.append(time.perf_counter()))
+    widget._worker.yielded.connect(lambda record: kinds.update(record))
     timer.start(10)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     timer.stop()
     during = np.array([t for t in ticks if steps[0] <= t <= steps[-1]])
-    assert len(steps) >= 120 and len(during) > 50
-    longest = float(np.diff(during).max())
-    print(f"longest stall {1000 * longest:.0f} ms over {len(steps)} steps, {len(during)} ticks")
+    assert len(steps) >= 240 and len(during) > 100
+    assert {"val", "preview"} <= kinds and collect_s
+    gaps = np.diff(during)
+    longest, p99 = float(gaps.max()), float(np.percentile(gaps, 99))
+    print(
+        f"window {'shown' if shown else 'hidden'}: longest stall {1000 * longest:.0f} ms, "
+        f"p99 {1000 * p99:.0f} ms over {len(steps)} steps, {len(during)} ticks; "
+        f"a full garbage collection in the training thread took {1000 * collect_s[0]:.0f} ms"
+    )
     assert longest < 0.100, f"the UI stalled for {1000 * longest:.0f} ms"
