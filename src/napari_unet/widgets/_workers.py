@@ -85,6 +85,16 @@ def freeze_heap() -> None:
     _freezes += 1
 
 
+def freeze_new_objects() -> None:
+    """Also freeze what was made since :func:`freeze_heap` (call once the job has set up).
+
+    A job's first steps import modules and build its data and model: long-lived
+    objects that every later collection would scan again.
+    """
+    if _freezes:
+        gc.freeze()
+
+
 def thaw_heap() -> None:
     """Undo one :func:`freeze_heap`; the last one hands the objects back to the collector."""
     global _freezes

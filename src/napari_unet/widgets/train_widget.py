@@ -51,7 +51,7 @@ from ._layers import (
 )
 from ._layout import column, fixed_lines, row
 from ._workers import ProgressBar as NapariProgress
-from ._workers import freeze_heap, start_job, thaw_heap
+from ._workers import freeze_heap, freeze_new_objects, start_job, thaw_heap
 from .jobs import PreviewSource, train_job
 from .loss_plot import LossPlot
 from .model_store import model_store
@@ -385,6 +385,8 @@ class TrainWidget(Container):
     # -- worker callbacks (UI thread) -----------------------------------------------------
     def _on_record(self, record: dict[str, Any]) -> None:
         iteration, progress = record["iteration"], record["progress"]
+        if iteration == 1:
+            freeze_new_objects()  # the engine's imports, data and model: here to stay
         self.plot.add_loss(iteration, record["loss"])
         if "val" in record:
             shown = {METRIC_NAMES[k]: v for k, v in record["val"].items() if k in METRIC_NAMES}
