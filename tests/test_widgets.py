@@ -446,3 +446,58 @@ def test_ui_stays_responsive_while_training(
         f"a full garbage collection in the training thread took {1000 * collect_s[0]:.0f} ms"
     )
     assert longest < 0.100, f"the UI stalled for {1000 * longest:.0f} ms"
+
+
+@pytest.mark.parametrize(
+    ("make_image", "rgb", "in_channels"),
+    [
+        (lambda gray: np.stack([gray, gray * 0.5, 1 - gray], axis=-1), True, 3),
+        (lambda gray: np.stack([gray, 1 - gray]), False, 2),
+    ],
+    ids=["rgb", "channels-first"],
+)
+def test_train_and_segment_multichannel_images(
+    make_napari_viewer, qtbot, tiny_preset, monkeypatch, make_image, rgb, in_channels
+):
+    """Train on an RGB / multi-channel layer (live preview on), then Segment it."""
+    monkeypatch.setitem(
+        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=30, val_every=15)
+    )
+    gray, labels = make_sample((96, 96), n_objects=6, seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(make_image(gray).astype(np.float32), name="multi", rgb=rgb)
+    viewer.add_labels(labels, name="multi labels")
+    train = TrainWidget(viewer)
+    train.preset.value = tiny_preset
+    train.train()
+    assert train.busy
+    qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
+    model = model_store(viewer).model
+    assert model is not None and model.config.in_channels == in_channels
+    assert viewer.layers["multi preview"].data.shape == (96, 96)
+
+    segment = SegmentWidget(viewer)
+    run_segment(segment, qtbot)
+    assert viewer.layers["multi segmentation"].data.shape == (96, 96)
+
+
+def test_live_preview_of_a_semantic_model_shows_class_ids(sample_viewer, qtbot, tiny_preset):
+    """Scribbles (1 = background, 2 = cells): the preview is a labels layer of class ids + 1."""
+    cells = sample_viewer.layers["cells labels"].data
+    scribbles = np.zeros_like(cells, dtype=np.int32)
+    scribbles[::7] = np.where(cells[::7] > 0, 2, 1)  # every 7th row annotated
+    sample_viewer.add_labels(scribbles, name="scribbles")
+    widget = TrainWidget(sample_viewer)
+    widget.preset.value = tiny_preset
+    widget.labels_layer.value = sample_viewer.layers["scribbles"]
+    widget.mode.value = "semantic"
+    previews = []
+    widget.train()
+    widget._worker.yielded.connect(lambda record: previews.append("preview" in record))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert any(previews)
+    preview = sample_viewer.layers["cells preview"]
+    assert type(preview).__name__ == "Labels"
+    assert preview.data.shape == (128, 128)
+    assert set(np.unique(preview.data)) <= {1, 2}  # every visible pixel gets a class
+    assert model_store(sample_viewer).model.info.task == "semantic"
