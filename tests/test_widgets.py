@@ -501,3 +501,35 @@ def test_live_preview_of_a_semantic_model_shows_class_ids(sample_viewer, qtbot, 
     assert preview.data.shape == (128, 128)
     assert set(np.unique(preview.data)) <= {1, 2}  # every visible pixel gets a class
     assert model_store(sample_viewer).model.info.task == "semantic"
+
+
+def test_shapes_region_on_a_stack_marks_only_its_slice(
+    make_napari_viewer, qtbot, tiny_preset, monkeypatch
+):
+    """A rectangle drawn on slice 1 of a (Z, Y, X) stack: only that slice and region train."""
+    from napari_unet.data import prepare_planes
+
+    monkeypatch.setitem(PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=10))
+    planes = [make_sample((80, 80), n_objects=6, seed=seed) for seed in range(3)]
+    image = np.stack([plane[0] for plane in planes])
+    labels = np.stack([plane[1] for plane in planes])
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="stack")
+    viewer.add_labels(labels, name="stack labels")
+    rectangle = np.array([[1, 10, 20], [1, 10, 70], [1, 60, 70], [1, 60, 20]], float)
+    region = viewer.add_shapes([rectangle], shape_type="rectangle", name="annotated")
+    widget = TrainWidget(viewer)
+    widget.region_layer.value = region
+    _, _, mask = widget.current_pair().read()
+    assert mask.shape == labels.shape
+    assert not mask[0].any() and not mask[2].any()
+    assert mask[1, 10:60, 20:70].all() and mask[1].sum() == mask[1, 10:61, 20:71].sum()
+
+    (plane,), _, _ = prepare_planes([image], [labels], [mask])
+    assert plane.name.endswith("slice 1")
+    assert (plane.weight[~mask[1]] == 0).all() and (plane.weight[mask[1]] > 0).all()
+
+    widget.preset.value = tiny_preset
+    widget.train()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert model_store(viewer).model is not None
