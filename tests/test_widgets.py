@@ -6,6 +6,7 @@ images, a tiny network and a few iterations keep the whole file fast.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import dask.array as da
@@ -21,7 +22,7 @@ from napari_unet.model_io import load_model
 from napari_unet.sample_data import make_sample
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
-from napari_unet.widgets import _dialogs
+from napari_unet.widgets import _dialogs, jobs
 from napari_unet.widgets.model_store import model_store
 from napari_unet.widgets.segment_widget import SegmentWidget
 from napari_unet.widgets.train_widget import TrainWidget
@@ -384,24 +385,151 @@ def test_new_strokes_reach_the_engine(sample_viewer, qtbot, tiny_preset):
     assert widget._refresh([pair]) is None  # handed over once
 
 
-def test_ui_stays_responsive_while_training(sample_viewer, qtbot, tiny_preset, monkeypatch):
-    """Longest event-loop stall between the first and the last training step < 100 ms."""
+@pytest.mark.parametrize("shown", [False, True], ids=["hidden", "shown"])
+def test_ui_stays_responsive_while_training(
+    make_napari_viewer, qtbot, tiny_preset, monkeypatch, shown
+):
+    """Longest event-loop stall between the first and the last training step < 100 ms.
+
+    With the window shown (under Xvfb: OpenGL drawn by Mesa's software renderer)
+    the canvas, dock and progress bars repaint during the run; the viewer is
+    shown and given half a second to paint its first frames before training
+    starts, so only the training run itself is measured. The run includes
+    live-preview refreshes and validations.
+
+    A real run of minutes sees full garbage collections in the training thread
+    (~300 ms holding the GIL in a napari process, unless the widget freezes the
+    heap); a run this short may not, so the test forces one.
+    """
+    preview_prediction = jobs.preview_prediction
+
+    collect_s: list[float] = []
+
+    def collecting_preview(*args):
+        if len(steps) >= 60 and not collect_s:  # once, after the first validation
+            start = time.perf_counter()
+            gc.collect()
+            collect_s.append(time.perf_counter() - start)
+        return preview_prediction(*args)
+
+    monkeypatch.setattr(jobs, "preview_prediction", collecting_preview)
     monkeypatch.setitem(
-        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=120, val_every=40)
+        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=240, val_every=60)
     )
-    widget = TrainWidget(sample_viewer)
+    image, labels = make_sample((128, 128), n_objects=10, seed=1)
+    viewer = make_napari_viewer(show=shown)
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells labels")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train U-Net")
     widget.preset.value = tiny_preset
+    qtbot.wait(500)  # first paint of the window and the dock
     ticks: list[float] = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     steps: list[float] = []
+    kinds: set[str] = set()
     widget.train()
     widget._worker.yielded.connect(lambda record: steps.append(time.perf_counter()))
+    widget._worker.yielded.connect(lambda record: kinds.update(record))
     timer.start(10)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     timer.stop()
     during = np.array([t for t in ticks if steps[0] <= t <= steps[-1]])
-    assert len(steps) >= 120 and len(during) > 50
-    longest = float(np.diff(during).max())
-    print(f"longest stall {1000 * longest:.0f} ms over {len(steps)} steps, {len(during)} ticks")
+    assert len(steps) >= 240 and len(during) > 100
+    assert {"val", "preview"} <= kinds and collect_s
+    gaps = np.diff(during)
+    longest, p99 = float(gaps.max()), float(np.percentile(gaps, 99))
+    print(
+        f"window {'shown' if shown else 'hidden'}: longest stall {1000 * longest:.0f} ms, "
+        f"p99 {1000 * p99:.0f} ms over {len(steps)} steps, {len(during)} ticks; "
+        f"a full garbage collection in the training thread took {1000 * collect_s[0]:.0f} ms"
+    )
     assert longest < 0.100, f"the UI stalled for {1000 * longest:.0f} ms"
+
+
+@pytest.mark.parametrize(
+    ("make_image", "rgb", "in_channels"),
+    [
+        (lambda gray: np.stack([gray, gray * 0.5, 1 - gray], axis=-1), True, 3),
+        (lambda gray: np.stack([gray, 1 - gray]), False, 2),
+    ],
+    ids=["rgb", "channels-first"],
+)
+def test_train_and_segment_multichannel_images(
+    make_napari_viewer, qtbot, tiny_preset, monkeypatch, make_image, rgb, in_channels
+):
+    """Train on an RGB / multi-channel layer (live preview on), then Segment it."""
+    monkeypatch.setitem(
+        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=30, val_every=15)
+    )
+    gray, labels = make_sample((96, 96), n_objects=6, seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(make_image(gray).astype(np.float32), name="multi", rgb=rgb)
+    viewer.add_labels(labels, name="multi labels")
+    train = TrainWidget(viewer)
+    train.preset.value = tiny_preset
+    train.train()
+    assert train.busy
+    qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
+    model = model_store(viewer).model
+    assert model is not None and model.config.in_channels == in_channels
+    assert viewer.layers["multi preview"].data.shape == (96, 96)
+
+    segment = SegmentWidget(viewer)
+    run_segment(segment, qtbot)
+    assert viewer.layers["multi segmentation"].data.shape == (96, 96)
+
+
+def test_live_preview_of_a_semantic_model_shows_class_ids(sample_viewer, qtbot, tiny_preset):
+    """Scribbles (1 = background, 2 = cells): the preview is a labels layer of class ids + 1."""
+    cells = sample_viewer.layers["cells labels"].data
+    scribbles = np.zeros_like(cells, dtype=np.int32)
+    scribbles[::7] = np.where(cells[::7] > 0, 2, 1)  # every 7th row annotated
+    sample_viewer.add_labels(scribbles, name="scribbles")
+    widget = TrainWidget(sample_viewer)
+    widget.preset.value = tiny_preset
+    widget.labels_layer.value = sample_viewer.layers["scribbles"]
+    widget.mode.value = "semantic"
+    previews = []
+    widget.train()
+    widget._worker.yielded.connect(lambda record: previews.append("preview" in record))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert any(previews)
+    preview = sample_viewer.layers["cells preview"]
+    assert type(preview).__name__ == "Labels"
+    assert preview.data.shape == (128, 128)
+    assert set(np.unique(preview.data)) <= {1, 2}  # every visible pixel gets a class
+    assert model_store(sample_viewer).model.info.task == "semantic"
+
+
+def test_shapes_region_on_a_stack_marks_only_its_slice(
+    make_napari_viewer, qtbot, tiny_preset, monkeypatch
+):
+    """A rectangle drawn on slice 1 of a (Z, Y, X) stack: only that slice and region train."""
+    from napari_unet.data import prepare_planes
+
+    monkeypatch.setitem(PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=10))
+    planes = [make_sample((80, 80), n_objects=6, seed=seed) for seed in range(3)]
+    image = np.stack([plane[0] for plane in planes])
+    labels = np.stack([plane[1] for plane in planes])
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="stack")
+    viewer.add_labels(labels, name="stack labels")
+    rectangle = np.array([[1, 10, 20], [1, 10, 70], [1, 60, 70], [1, 60, 20]], float)
+    region = viewer.add_shapes([rectangle], shape_type="rectangle", name="annotated")
+    widget = TrainWidget(viewer)
+    widget.region_layer.value = region
+    _, _, mask = widget.current_pair().read()
+    assert mask.shape == labels.shape
+    assert not mask[0].any() and not mask[2].any()
+    assert mask[1, 10:60, 20:70].all() and mask[1].sum() == mask[1, 10:61, 20:71].sum()
+
+    (plane,), _, _ = prepare_planes([image], [labels], [mask])
+    assert plane.name.endswith("slice 1")
+    assert (plane.weight[~mask[1]] == 0).all() and (plane.weight[mask[1]] > 0).all()
+
+    widget.preset.value = tiny_preset
+    widget.train()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert model_store(viewer).model is not None

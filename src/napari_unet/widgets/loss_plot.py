@@ -3,7 +3,9 @@
 A matplotlib draw of even a small figure takes 40-100 ms on a busy 2-core
 machine (mostly text rendering), more than the UI may stall while training.
 So the figure is drawn with matplotlib's Agg backend in a thread worker and the
-widget only paints the finished image (about 1 ms on the UI thread).
+widget only paints the finished image (about 1 ms on the UI thread). The figure
+is made once and redrawn with new data, which leaves no garbage for the
+collector (see :class:`PlotRenderer`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class LossPlot(QWidget):
         self._rendering = False
         self._pending = False
         self._worker: Any = None
+        self._renderer = PlotRenderer()
 
     def sizeHint(self) -> QSize:
         return QSize(360, 220)
@@ -88,7 +91,7 @@ class LossPlot(QWidget):
         size = (self.width(), self.height())
         metrics = {name: list(points) for name, points in self.metric_points.items()}
         self._worker = create_worker(
-            render_plot, list(self.loss_points), metrics, size, _ignore_errors=True
+            self._renderer.render, list(self.loss_points), metrics, size, _ignore_errors=True
         )
         self._worker.returned.connect(self._show)
         self._worker.finished.connect(self._rendered)
@@ -121,55 +124,95 @@ class LossPlot(QWidget):
         self.request_redraw()
 
 
+class PlotRenderer:
+    """One matplotlib figure (Agg backend), redrawn with new data on every call.
+
+    Reusing the figure and its lines, instead of building a figure per draw,
+    leaves no cyclic garbage (a matplotlib figure is a web of reference cycles):
+    garbage that would otherwise make the training thread's garbage collections
+    scan and free tens of thousands of objects, holding the GIL. Not thread-safe:
+    one render at a time (LossPlot renders one at a time).
+    """
+
+    def __init__(self) -> None:
+        self.figure = Figure(dpi=DPI, facecolor=BACKGROUND)
+        self.canvas = FigureCanvasAgg(self.figure)
+        self.axes = self.figure.add_subplot()
+        self.metric_axes = self.axes.twinx()
+        for ax in (self.axes, self.metric_axes):
+            ax.set_facecolor(BACKGROUND)
+            ax.tick_params(colors=FOREGROUND, labelsize=7)
+            for spine in ax.spines.values():
+                spine.set_color(GRID)
+        for axis in (self.axes.xaxis, self.axes.yaxis, self.metric_axes.yaxis):
+            axis.set_major_locator(MaxNLocator(4))
+        self.axes.grid(True, color=GRID, linewidth=0.5)
+        self.axes.set_xlabel("iteration", color=FOREGROUND, fontsize=8)
+        self.axes.set_ylabel("loss", color=LOSS_COLOUR, fontsize=8)
+        self.metric_axes.set_ylabel("validation", color=FOREGROUND, fontsize=8)
+        self.metric_axes.set_ylim(0, 1.02)
+        (self.loss_line,) = self.axes.plot([], [], color=LOSS_COLOUR, linewidth=0.8, alpha=0.4)
+        (self.mean_line,) = self.axes.plot([], [], color=LOSS_COLOUR, linewidth=1.6)
+        self.metric_lines: dict[str, Any] = {}
+        self.legend: Any = None
+        self.size: tuple[int, int] | None = None
+
+    def render(
+        self,
+        loss_points: list[tuple[int, float]],
+        metric_points: dict[str, list[tuple[int, float]]],
+        size: tuple[int, int],
+    ) -> np.ndarray:
+        """Draw loss and metrics at ``size`` (px); (H, W, 4) uint8 RGBA."""
+        width, height = max(size[0], 120), max(size[1], 100)
+        if self.size != (width, height):
+            self.size = (width, height)
+            self.figure.set_size_inches(width / DPI, height / DPI)
+            # margins in px, so labels fit whatever the widget's size
+            self.figure.subplots_adjust(
+                left=48 / width, right=1 - 48 / width, bottom=38 / height, top=1 - 10 / height
+            )
+        self.axes.set_xlim(0, 10)
+        if loss_points:
+            steps, losses = (np.asarray(values) for values in zip(*loss_points))
+            window = max(1, len(losses) // 30)
+            self.loss_line.set_data(steps, losses)
+            self.mean_line.set_data(steps, running_mean(losses, window))
+            self.axes.set_xlim(0, max(10, float(steps.max()) * 1.05))
+            self.axes.set_ylim(0, max(float(losses.max()) * 1.05, 1e-6))
+        else:
+            self.loss_line.set_data([], [])
+            self.mean_line.set_data([], [])
+        if list(metric_points) != list(self.metric_lines):  # new names: new lines and legend
+            for line in self.metric_lines.values():
+                line.remove()
+            self.metric_lines = {
+                name: self.metric_axes.plot(
+                    [], [], "o-", color=colour, markersize=3, linewidth=1.2, label=name
+                )[0]
+                for colour, name in zip(METRIC_COLOURS, metric_points)
+            }
+            if self.legend is not None:
+                self.legend.remove()
+                self.legend = None
+            if self.metric_lines:
+                self.legend = self.metric_axes.legend(
+                    loc="lower left", fontsize=7, frameon=False, labelcolor=FOREGROUND, ncols=3
+                )
+        for name, line in self.metric_lines.items():
+            steps, values = zip(*metric_points[name])
+            line.set_data(steps, values)
+        self.canvas.draw()
+        return np.array(self.canvas.buffer_rgba())
+
+
 def render_plot(
     loss_points: list[tuple[int, float]],
     metric_points: dict[str, list[tuple[int, float]]],
     size: tuple[int, int],
 ) -> np.ndarray:
-    """Draw loss and metrics with matplotlib's Agg backend; (H, W, 4) uint8 RGBA.
-
-    Thread-safe: every call builds its own figure.
-    """
-    width, height = max(size[0], 120), max(size[1], 100)
-    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor=BACKGROUND)
-    canvas = FigureCanvasAgg(figure)
-    # margins in px, so labels fit whatever the widget's size
-    figure.subplots_adjust(
-        left=48 / width, right=1 - 48 / width, bottom=38 / height, top=1 - 10 / height
-    )
-    axes = figure.add_subplot()
-    metric_axes = axes.twinx()
-    for ax in (axes, metric_axes):
-        ax.set_facecolor(BACKGROUND)
-        ax.tick_params(colors=FOREGROUND, labelsize=7)
-        for spine in ax.spines.values():
-            spine.set_color(GRID)
-    for axis in (axes.xaxis, axes.yaxis, metric_axes.yaxis):
-        axis.set_major_locator(MaxNLocator(4))
-    axes.grid(True, color=GRID, linewidth=0.5)
-    axes.set_xlabel("iteration", color=FOREGROUND, fontsize=8)
-    axes.set_ylabel("loss", color=LOSS_COLOUR, fontsize=8)
-    metric_axes.set_ylabel("validation", color=FOREGROUND, fontsize=8)
-    metric_axes.set_ylim(0, 1.02)
-    axes.set_xlim(0, 10)
-    if loss_points:
-        steps, losses = (np.asarray(values) for values in zip(*loss_points))
-        axes.plot(steps, losses, color=LOSS_COLOUR, linewidth=0.8, alpha=0.4)
-        window = max(1, len(losses) // 30)
-        axes.plot(steps, running_mean(losses, window), color=LOSS_COLOUR, linewidth=1.6)
-        axes.set_xlim(0, max(10, float(steps.max()) * 1.05))
-        axes.set_ylim(0, max(float(losses.max()) * 1.05, 1e-6))
-    for colour, (name, points) in zip(METRIC_COLOURS, metric_points.items()):
-        steps, values = zip(*points)
-        metric_axes.plot(
-            steps, values, "o-", color=colour, markersize=3, linewidth=1.2, label=name
-        )
-    if metric_points:
-        metric_axes.legend(
-            loc="lower left", fontsize=7, frameon=False, labelcolor=FOREGROUND, ncols=3
-        )
-    canvas.draw()
-    return np.array(canvas.buffer_rgba())
+    """Draw loss and metrics in a new figure; (H, W, 4) uint8 RGBA (thread-safe)."""
+    return PlotRenderer().render(loss_points, metric_points, size)
 
 
 def running_mean(values: np.ndarray, window: int) -> np.ndarray:

@@ -49,9 +49,9 @@ from ._layers import (
     selected,
     spatial_shape,
 )
-from ._layout import column, row
+from ._layout import column, fixed_lines, row
 from ._workers import ProgressBar as NapariProgress
-from ._workers import start_job
+from ._workers import freeze_heap, freeze_new_objects, start_job, thaw_heap
 from .jobs import PreviewSource, train_job
 from .loss_plot import LossPlot
 from .model_store import model_store
@@ -176,8 +176,8 @@ class TrainWidget(Container):
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.progress = ProgressBar(value=0, max=PROGRESS_STEPS, visible=False)
-        self.status = Label()
-        self.metrics = Label()
+        self.status = fixed_lines(Label(), 2)  # live text: never re-lays out the dock
+        self.metrics = fixed_lines(Label(), 3)
         self.model_info = Label(label="model")
         self.save_button = PushButton(text="Save model...", enabled=False)
         self.model_info.native.setWordWrap(True)
@@ -334,6 +334,7 @@ class TrainWidget(Container):
         self.progress.value, self.progress.visible = 0, True
         self.train_button.enabled, self.stop_button.enabled = False, True
         self._bar = NapariProgress("training U-Net", cancel=self.stop)
+        freeze_heap()  # no 300 ms full garbage collections in the training thread
         self._worker = start_job(
             train_job,
             images,
@@ -384,6 +385,8 @@ class TrainWidget(Container):
     # -- worker callbacks (UI thread) -----------------------------------------------------
     def _on_record(self, record: dict[str, Any]) -> None:
         iteration, progress = record["iteration"], record["progress"]
+        if iteration == 1:
+            freeze_new_objects()  # the engine's imports, data and model: here to stay
         self.plot.add_loss(iteration, record["loss"])
         if "val" in record:
             shown = {METRIC_NAMES[k]: v for k, v in record["val"].items() if k in METRIC_NAMES}
@@ -494,6 +497,7 @@ class TrainWidget(Container):
 
     def _finished(self) -> None:
         self._worker = None
+        thaw_heap()
         for event in self._watched:
             event.disconnect(self._mark_dirty)
         self._watched = []
