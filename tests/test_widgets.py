@@ -327,6 +327,8 @@ def test_train_stop_save_segment(sample_viewer, qtbot, tiny_preset, tmp_path, mo
     model = model_store(sample_viewer).model
     assert model is not None and model.info.task == "instance"
     assert "trained on 'cells'" in segment.model_info.value
+    chosen = model.info.postprocess  # tuned on validation: shown, and used by Segment
+    assert f"threshold {chosen['threshold']:g}, grow {chosen['expand']} px" in train.metrics.value
     assert train.plot.loss_points and train.save_button.enabled
     preview = sample_viewer.layers["cells preview"]
     assert preview.data.shape == (128, 128) and preview.data.any()

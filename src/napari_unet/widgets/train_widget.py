@@ -489,8 +489,14 @@ class TrainWidget(Container):
         names = ", ".join(f"'{pair.image.name}'" for pair in pairs)
         steps, seconds = history.get("iterations", 0), history.get("seconds", 0.0)
         self.store.set(model, f"trained on {names} ({steps} steps, {_duration(seconds)})")
-        best = history.get("best_val")
-        if best:
+        best, chosen = history.get("best_val"), model.info.postprocess
+        if chosen:  # validation as Segment will do it, with the settings training chose
+            tuned = {k: v for k, v in history["postprocess_val"].items() if k not in chosen}
+            self.metrics.value = (
+                f"validation (threshold {chosen['threshold']:g}, grow "
+                f"{chosen['expand']} px):\n" + _metrics_text(tuned)
+            )
+        elif best:
             self.metrics.value = "best validation:\n" + _metrics_text(best)
         self.status.value = f"done: {steps} steps in {_duration(seconds)}"
         show_info(f"U-Net trained ({steps} steps); it is now the model of the Segment widget")
