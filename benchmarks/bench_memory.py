@@ -136,6 +136,7 @@ def run_case(kind: str, edge: int, workdir: Path, device: str | None, block: int
     from napari_unet.config import UNetConfig
     from napari_unet.inference import LABEL_BLOCK_SIZE, predict_iter, segment_iter
     from napari_unet.model import UNet
+    from napari_unet.progress import drain
 
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=8, depth=4)).eval()
@@ -165,15 +166,15 @@ def run_case(kind: str, edge: int, workdir: Path, device: str | None, block: int
     # segment (numpy or zarr) counts the labelling's blocks after the tiles
     labelling = label_steps((edge, edge), LABEL_BLOCK_SIZE) if kind != "zarr-predict" else 0
     tiles, tiles_seconds = 0, None
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def time_tiles(step) -> None:
+        nonlocal tiles, tiles_seconds
+        done, total = step
         tiles = total - labelling
         if done == tiles and tiles_seconds is None:
             tiles_seconds = time.perf_counter() - start
+
+    result = drain(steps, time_tiles)
     seconds = time.perf_counter() - start
     after = memory.peak()
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from _machine import cpu_model
 from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
+from napari_unet.progress import drain
 from napari_unet.sample_data import make_sample
 from napari_unet.training import (
     PRESETS,
@@ -146,15 +147,12 @@ def accuracy(args) -> None:
     settings = PRESETS[args.preset].replace(**changes)
     print(f"machine: {machine()}")
     print(f"{len(train_pairs)} training / {len(held_out)} held-out images; settings {changes}")
-    snapshots, records = [], []
+    snapshots, records, prep_s = [], [], None
     begin = time.perf_counter()
     run = train_iter([p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings)
-    while True:
-        try:
-            record = next(run)
-        except StopIteration as stop:
-            final = stop.value
-            break
+
+    def keep(record) -> None:
+        nonlocal prep_s
         if not records:
             prep_s = time.perf_counter() - begin - record["elapsed"]
             print(f"data preparation (targets, weight maps): {prep_s:.0f} s")
@@ -164,6 +162,8 @@ def accuracy(args) -> None:
             minutes = record["elapsed"] / 60
             print(f"  {minutes:5.2f} min step {record['iteration']}: {record['val']}")
         records.append({k: v for k, v in record.items() if k != "preview_model"})
+
+    final = drain(run, keep)
     print(f"trained {records[-1]['iteration']} steps in {records[-1]['elapsed']:.0f} s")
     # snapshots get their threshold and growth tuned on the training's own validation
     # split, as train_iter tunes the model it returns

@@ -7,17 +7,22 @@ through tqdm, and scripts with :func:`drain`.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 
-def drain(generator: Generator[Any, Any, Any]) -> Any:
-    """Run ``generator`` to the end, discarding what it yields; return its return value."""
+def drain(
+    generator: Generator[Any, Any, Any], on_step: Callable[[Any], None] | None = None
+) -> Any:
+    """Run ``generator`` to the end and return its return value; ``on_step`` (e.g. a
+    progress bar's update) is called with everything it yields, else that is discarded."""
     while True:
         try:
-            next(generator)
+            step = next(generator)
         except StopIteration as stop:
             return stop.value
+        if on_step is not None:
+            on_step(step)
 
 
 def collect(generator: Generator[Any, Any, Any]) -> tuple[list[Any], Any]:

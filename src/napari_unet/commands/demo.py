@@ -82,6 +82,7 @@ def run_headless(args: argparse.Namespace) -> int:
 
     from ..inference import segment
     from ..metrics import average_precision, foreground_iou
+    from ..progress import drain
     from ..sample_data import make_sample
     from ..training import PRESETS, train_iter
 
@@ -107,18 +108,15 @@ def run_headless(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     run = train_iter([image], [labels], settings=settings)
-    steps = 0
     with tqdm(total=100, unit="%", desc="training", leave=False, disable=None) as bar:
-        while True:
-            try:
-                record = next(run)
-            except StopIteration as stop:
-                model = stop.value
-                break
-            steps = record["iteration"]
+
+        def show(record) -> None:
             bar.update(round(100 * record["progress"]) - bar.n)
-            bar.set_postfix(step=steps, loss=f"{record['loss']:.3f}")
+            bar.set_postfix(step=record["iteration"], loss=f"{record['loss']:.3f}")
+
+        model = drain(run, show)
     train_seconds = time.perf_counter() - start
+    steps = model.info.history["iterations"]
 
     start = time.perf_counter()
     predicted = segment(model, test_image)

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import default_expand, default_threshold, predict_iter, segment_iter
     from ..model_io import load_model
     from ..postprocess import DEFAULT_MIN_SIZE, labels_from_stack_probabilities
+    from ..progress import drain
 
     images = find_images(args.images)
     model = load_model(args.model)
@@ -136,14 +137,12 @@ def run(args: argparse.Namespace) -> int:
             }
             generator = segment_iter(model, image, **options, **settings)
         with tqdm(desc=path.name, unit="tile", leave=False, file=sys.stderr) as bar:
-            while True:
-                try:
-                    done, total = next(generator)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                bar.total = total
-                bar.update(done - bar.n)
+
+            def advance(step, bar=bar) -> None:
+                bar.total = step[1]
+                bar.update(step[0] - bar.n)
+
+            result = drain(generator, advance)
         labels = result
         if args.probabilities:
             labels = labels_from_stack_probabilities(

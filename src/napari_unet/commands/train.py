@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..model_io import save_model
+    from ..progress import drain
     from ..training import PRESETS, train_iter
 
     if args.preset not in PRESETS:
@@ -120,20 +121,17 @@ def run(args: argparse.Namespace) -> int:
         init_model=args.init,
         should_stop=lambda: stop["requested"],
     )
-    record = {}
     bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def show(record) -> None:
+        bar.update(int(record["progress"] * 1000) - bar.n)
+        postfix = {"step": record["iteration"], "loss": f"{record['loss']:.3f}"}
+        if record.get("best") is not None:
+            postfix["best"] = f"{record['best']:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+
     try:
-        while True:
-            try:
-                record = next(run_)
-            except StopIteration as done:
-                model = done.value
-                break
-            bar.update(int(record["progress"] * 1000) - bar.n)
-            postfix = {"step": record["iteration"], "loss": f"{record['loss']:.3f}"}
-            if record.get("best") is not None:
-                postfix["best"] = f"{record['best']:.3f}"
-            bar.set_postfix(postfix, refresh=False)
+        model = drain(run_, show)
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
