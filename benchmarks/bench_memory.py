@@ -132,15 +132,19 @@ def run_case(kind: str, edge: int, workdir: Path, device: str | None, block: int
     import torch
     import zarr
 
+    from napari_unet import hardware
     from napari_unet.chunked_labels import label_steps
     from napari_unet.config import UNetConfig
-    from napari_unet.inference import LABEL_BLOCK_SIZE, predict_iter, segment_iter
+    from napari_unet.devices import choose_device
+    from napari_unet.inference import predict_iter, segment_iter
     from napari_unet.model import UNet
+    from napari_unet.predictor import LABEL_BLOCK_SIZE
     from napari_unet.progress import drain
 
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=8, depth=4)).eval()
     n_classes = model.config.n_classes
+    hardware.choose(model, choose_device(device))  # the machine's settings, before measuring
     if kind == "numpy-segment":
         image = numpy_image(edge, image_block(block))
         out = None

@@ -12,6 +12,20 @@ DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_DATA = Path(os.environ.get("NAPARI_UNET_SHARED_DATA", DEFAULT_SHARED_DATA))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hardware_cache(tmp_path_factory) -> Path:
+    """A fresh cache of measured run settings for the session (never the user's own);
+    subprocesses inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("napari-unet-cache")
+    previous = os.environ.get("NAPARI_UNET_CACHE_DIR")
+    os.environ["NAPARI_UNET_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("NAPARI_UNET_CACHE_DIR", None)
+    else:
+        os.environ["NAPARI_UNET_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; the test is skipped when it is absent."""

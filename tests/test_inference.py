@@ -349,10 +349,10 @@ def test_segment_into_out_is_bounded_and_equals_the_in_memory_labels(
     """With ``out=`` labels are made block by block (blocks of 32 px here, so objects
     cross many blocks); they equal the in-memory result id for id, progress included."""
     zarr = pytest.importorskip("zarr")
-    import napari_unet.inference as inference
+    import napari_unet.predictor as predictor
     from napari_unet.chunked_labels import join_steps, label_steps
 
-    monkeypatch.setattr(inference, "LABEL_BLOCK_SIZE", 32)
+    monkeypatch.setattr(predictor, "LABEL_BLOCK_SIZE", 32)
     shape = (planes, 90, 110) if planes > 1 else (90, 110)
     image = np.stack([structured(shape[-2:], seed=z) for z in range(planes)]).reshape(shape)
     n_classes = 3 if task == "semantic" else 2

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from napari_unet.config import UNetConfig
+from napari_unet.data import Plane
 from napari_unet.inference import predict
 from napari_unet.model import UNet
 from napari_unet.model_io import load_model
 from napari_unet.normalization import normalize
+from napari_unet.predictor import Predictor
 from napari_unet.progress import collect
 from napari_unet.sample_data import make_sample
 from napari_unet.training import (
@@ -21,7 +23,7 @@ from napari_unet.training import (
     PRESETS,
     TrainSettings,
     _learning_rate,
-    predict_plane,
+    _validation_set,
     train,
     train_iter,
 )
@@ -160,15 +162,19 @@ def test_train_drains(pairs):
     assert model.config.base_channels == 4
 
 
-def test_validation_pass_mirrors_the_borders_as_inference_does():
-    """Validation must see the image as ``predict`` does (reflect mirroring, no repeated
-    edge pixel), or training would be scored on other border context than it is used on."""
+def test_validation_pass_sees_the_image_as_inference_does():
+    """Validation runs the Predictor on training's normalised planes; it must see them as
+    ``predict`` sees the raw image (normalisation, reflect mirroring, tiles), or training
+    would be scored on other input than it is used on."""
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=4, depth=2)).eval()
     image = np.random.default_rng(0).random((37, 41)).astype(np.float32)
     norm = model.info.normalization
     plane = normalize(image[None], norm["low"], norm["high"])
-    ours = predict_plane(model, plane, torch.device("cpu"))
+    predictor = Predictor.prepare(model, device="cpu", precision="fp32")
+    held_out = Plane(plane, None, np.ones((37, 41), np.float32), np.zeros((37, 41), int))
+    probabilities, _, _ = _validation_set(predictor, [held_out])
+    ours = probabilities[0]
     reference = predict(model, image, precision="fp32", device="cpu")
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 

@@ -64,3 +64,19 @@ def test_preview_is_limited_in_size_and_skipped_without_a_region():
     assert values.shape == (10, MAX_PREVIEW_EDGE) and origin[2] == (2000 - MAX_PREVIEW_EDGE) // 2
     nothing = PreviewSource(image, None, (0, 1), lambda: None)
     assert preview_prediction(tiny_model(), nothing) is None
+
+
+def test_segment_job_uses_the_models_stored_postprocessing_with_and_without_probabilities():
+    """The Segment widget's job labels as ``segment()`` does, with the threshold and growth
+    training stored in the model (not the defaults), whether probabilities are kept or not."""
+    image = np.stack([make_sample((80, 90), n_objects=6, seed=s)[0] for s in (1, 2)])
+    model = tiny_model()
+    threshold = float(np.quantile(predict(model, image)[1], 0.6))  # not the default 0.5
+    model.info.postprocess = {"threshold": threshold, "expand": 3}
+    expected = segment(model, image)
+    assert not np.array_equal(expected, segment(model, image, threshold=0.5, expand=1))
+    with_probabilities, probabilities = drain(segment_job(model, image, probabilities=True))
+    alone, _ = drain(segment_job(model, image))
+    np.testing.assert_array_equal(with_probabilities, expected)
+    np.testing.assert_array_equal(alone, expected)
+    assert probabilities.shape == (2, *image.shape)

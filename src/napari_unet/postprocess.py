@@ -12,6 +12,7 @@ optimises its thresholds); training stores them in the model (``ModelInfo.postpr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -24,6 +25,51 @@ DEFAULT_EXPAND = 1  # px each object grows: two objects 2 px apart touch again
 DEFAULT_THRESHOLD = 0.5  # foreground probability; 0.5 is the argmax of two classes
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 TUNE_EXPANDS = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """How instance probabilities become labels (see :func:`labels_from_probabilities`).
+
+    Attributes:
+        threshold: foreground is ``probs[1] > threshold`` (0 < threshold < 1).
+        expand: px each object grows after labelling (>= 0).
+        min_size: objects with fewer foreground px are dropped (>= 0).
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    expand: int = DEFAULT_EXPAND
+    min_size: int = DEFAULT_MIN_SIZE
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must lie between 0 and 1, got {self.threshold}")
+        if self.expand < 0:
+            raise ValueError(f"expand must be 0 or more px, got {self.expand}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be 0 or more px, got {self.min_size}")
+
+    @classmethod
+    def of_model(
+        cls,
+        info,
+        *,
+        threshold: float | None = None,
+        expand: int | None = None,
+        min_size: int = DEFAULT_MIN_SIZE,
+    ) -> Postprocess:
+        """The settings a model was saved with (``ModelInfo``): those training chose on
+        validation (``info.postprocess``), else 0.5 and the training ``gap`` (else 1);
+        a value given here overrides the stored one."""
+        stored = info.postprocess or {}
+        gap = (info.training or {}).get("gap", DEFAULT_EXPAND)
+        return cls(
+            threshold=float(stored.get("threshold", DEFAULT_THRESHOLD))
+            if threshold is None
+            else float(threshold),
+            expand=int(stored.get("expand", gap)) if expand is None else int(expand),
+            min_size=int(min_size),
+        )
 
 
 def labels_from_probabilities(
@@ -123,34 +169,3 @@ def join_slices(labels: np.ndarray) -> np.ndarray:
     _, component = connected_components(links, directed=False)
     joined = np.where(labels > 0, component[labels] + 1, 0)
     return relabel_sequential(joined.astype(np.int64))[0].astype(np.int32)
-
-
-def labels_from_stack_probabilities(
-    probs: np.ndarray,
-    *,
-    task: str = "instance",
-    min_size: int = DEFAULT_MIN_SIZE,
-    expand: int = DEFAULT_EXPAND,
-    threshold: float = DEFAULT_THRESHOLD,
-    join: bool = False,
-) -> np.ndarray:
-    """int32 labels (Y, X) or (Z, Y, X) from probabilities (n_classes, Y, X) or
-    (n_classes, Z, Y, X): slice by slice, instance ids unique across the stack;
-    ``join`` gives objects that overlap in neighbouring slices one id."""
-    if probs.ndim == 3:
-        return labels_from_probabilities(
-            probs, task=task, min_size=min_size, expand=expand, threshold=threshold
-        )
-    if probs.ndim != 4:
-        raise ValueError(f"expected probabilities (n_classes, [Z,] Y, X), got {probs.shape}")
-    labels = np.zeros(probs.shape[1:], dtype=np.int32)
-    offset = 0
-    for z in range(probs.shape[1]):
-        plane = labels_from_probabilities(
-            probs[:, z], task=task, min_size=min_size, expand=expand, threshold=threshold
-        )
-        if task == "instance":
-            plane[plane > 0] += offset
-            offset = max(offset, int(plane.max()))
-        labels[z] = plane
-    return join_slices(labels) if join and task == "instance" else labels

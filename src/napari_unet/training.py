@@ -3,8 +3,9 @@
 ``train_iter`` follows the paper (random valid-size tiles with mirrored context,
 elastic deformation, pixel-wise softmax cross-entropy weighted by the border
 weight map) with settings that are fast on a CPU by default (a narrower, shallower
-net, Adam with a cosine schedule, small tile batches, bf16 autocast). The paper's
-own recipe is the ``"paper"`` preset. See docs/training.md for measurements.
+net, Adam with a cosine schedule, small tile batches, the autocast precision measured
+fastest on the machine). The paper's own recipe is the ``"paper"`` preset. See
+docs/training.md for measurements.
 
 Usage::
 
@@ -29,11 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import hardware
 from .augment import AugmentSettings, augment
 from .config import ModelInfo, UNetConfig
 from .data import Plane, WeightCache, prepare_planes, split_validation
+from .devices import choose_device
+from .hardware import PRECISIONS, RunSettings
 from .model import UNet
-from .postprocess import DEFAULT_THRESHOLD, labels_from_probabilities, tune_instances
+from .postprocess import tune_instances
+from .predictor import Predictor
 from .progress import drain
 from .tiling import reflect_indices
 
@@ -69,9 +74,10 @@ class TrainSettings:
         preview_every_s: put a ``preview_model`` snapshot in a record this often.
         refresh_every_s: call ``refresh`` this often.
         device: "auto", "cpu", "cuda", "mps", ...
-        precision: "auto" (bf16 autocast where the device has fast bf16: CUDA, and
-            CPUs with AVX512-BF16/AMX), "bf16", "fp16" (CUDA) or "fp32".
-        channels_last: NHWC memory layout (faster oneDNN convolutions on CPU).
+        precision: "auto" (the autocast precision :mod:`napari_unet.hardware`
+            measured fastest for this network on this device, as inference uses),
+            "bf16", "fp16" or "fp32".
+        channels_last: NHWC memory layout; None: as measured (see ``precision``).
         threads: torch CPU threads (None: torch's default).
         seed: seeds tiles, augmentation, initialisation and the validation split.
         select_by: the validation metric that picks the best model and, for
@@ -107,7 +113,7 @@ class TrainSettings:
     refresh_every_s: float = 10.0
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None
     threads: int | None = None
     seed: int | None = 0
     select_by: str = "ap50"
@@ -165,36 +171,21 @@ PRESETS: dict[str, TrainSettings] = {
 }
 
 
-# -- devices and precision ---------------------------------------------------------
-def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto" -> CUDA, else MPS, else CPU; other names are passed to torch."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and _cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def _cpu_has_fast_bf16() -> bool:
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+# -- device and run settings --------------------------------------------------------
+def run_settings(model: UNet, device: torch.device, settings: TrainSettings) -> RunSettings:
+    """How training runs ``model`` on ``device``: the precision and memory format that
+    :mod:`napari_unet.hardware` measured fastest for this network size on this machine
+    (the same choice as inference), unless ``settings`` fixes them."""
+    needs_choice = settings.precision == "auto" or settings.channels_last is None
+    chosen = hardware.choose(model, device).settings if needs_choice else RunSettings()
+    return dataclasses.replace(
+        chosen,
+        precision=chosen.precision if settings.precision == "auto" else settings.precision,
+        channels_last=(
+            chosen.channels_last if settings.channels_last is None else settings.channels_last
+        ),
+        batch_size=1,
+    )
 
 
 # -- tiles -------------------------------------------------------------------------
@@ -250,108 +241,56 @@ def weighted_cross_entropy(
     return (loss * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-# -- whole-plane inference and validation ------------------------------------------
-@torch.no_grad()
-def predict_plane(
-    model: UNet, image: np.ndarray, device: torch.device, dtype: torch.dtype | None = None
-) -> np.ndarray:
-    """Class probabilities (n_classes, Y, X) of a normalised (C, Y, X) plane in one pass.
-
-    The plane is mirror-padded by the context margin and up to a valid input size.
-    Used for validation; :mod:`napari_unet.inference` tiles large images instead.
-    """
-    config = model.config
-    height, width = image.shape[-2:]
-    margin = config.context_margin
-    sizes = [config.input_size_for_output(s) for s in (height, width)]
-    rows = reflect_indices(-margin, sizes[0] - margin, height)
-    cols = reflect_indices(-margin, sizes[1] - margin, width)
-    x = torch.from_numpy(np.ascontiguousarray(image[:, rows][:, :, cols]))[None].to(device)
-    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        logits = model(x)
-    probs = torch.softmax(logits.float(), 1)[0, :, :height, :width]
-    return probs.cpu().numpy()
-
-
-def probabilities_to_labels(
-    probs: np.ndarray, task: str, gap: int, postprocess: dict[str, Any] | None = None
-) -> np.ndarray:
-    """Labels as the user paints them: instances above the ``postprocess`` threshold
-    grown back by its ``expand`` (default: 0.5 and ``gap``, as
-    :func:`napari_unet.inference.segment` does), semantic classes as 1 = background, 2.."""
-    postprocess = postprocess or {}
-    labels = labels_from_probabilities(
-        probs,
-        task=task,
-        expand=postprocess.get("expand", gap),
-        threshold=postprocess.get("threshold", DEFAULT_THRESHOLD),
-    )
-    return labels + 1 if task == "semantic" else labels
-
-
-def evaluate(
-    model: UNet,
-    planes: Sequence[Plane],
-    task: str,
-    gap: int,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """Validation metrics on held-out planes, restricted to their annotated region,
-    with the model's post-processing (``model.info.postprocess``, else the defaults).
+# -- validation (through the one prediction path) ----------------------------------
+def evaluate(predictor: Predictor, planes: Sequence[Plane]) -> dict[str, float]:
+    """Validation metrics of ``predictor``'s model on held-out planes, restricted to
+    their annotated region, with the model's stored post-processing.
 
     Instance: ``ap50`` (TP/(TP+FP+FN) at IoU 0.5 over all planes), ``iou``
     (foreground IoU), ``rand_error`` (foreground-restricted). Semantic: ``iou``
     (mean over classes) and ``pixel_error``.
     """
-    probabilities, truths, scorer = _validation_set(model, planes, task, device, dtype)
-    preds = [probabilities_to_labels(p, task, gap, model.info.postprocess) for p in probabilities]
-    return scorer(truths, preds)
+    probabilities, truths, scorer = _validation_set(predictor, planes)
+    return scorer(truths, [predictor.to_labels(p) for p in probabilities])
 
 
 def tune_postprocess(
-    model: UNet,
-    planes: Sequence[Plane],
-    select_by: str,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
+    predictor: Predictor, planes: Sequence[Plane], select_by: str
 ) -> dict[str, float]:
     """Instance threshold and growth that score best by ``select_by`` on validation
     planes (see :func:`napari_unet.postprocess.tune_instances`), with the metrics there."""
-    probabilities, truths, scorer = _validation_set(model, planes, "instance", device, dtype)
+    probabilities, truths, scorer = _validation_set(predictor, planes)
     found = tune_instances(
         [p[1] for p in probabilities],
         truths,
         lambda truths, preds: score(scorer(truths, preds), select_by),
     )
-    preds = [
-        labels_from_probabilities(p, expand=found["expand"], threshold=found["threshold"])
-        for p in probabilities
-    ]
+    post = predictor.postprocess(threshold=found["threshold"], expand=found["expand"])
+    preds = [predictor.to_labels(p, post) for p in probabilities]
     return {"threshold": found["threshold"], "expand": found["expand"], **scorer(truths, preds)}
 
 
-def _validation_set(model, planes, task, device, dtype):
-    """Probabilities (n_classes, Y, X) of each plane, their truths cropped to the
-    annotated region's box, and ``scorer(truths, labels)`` -> metrics, which crops
-    whole-plane labels to the same boxes and masks them to the region."""
+def _validation_set(predictor: Predictor, planes: Sequence[Plane]):
+    """Probabilities (n_classes, Y, X) of each (normalised) plane, their truths cropped
+    to the annotated region's box, and ``scorer(truths, labels)`` -> metrics, which
+    crops whole-plane labels to the same boxes and masks them to the region (semantic
+    labels are compared as painted: class id + 1)."""
     from . import metrics
 
-    was_training = model.training
-    model.eval()
+    task = predictor.model.info.task
     probabilities, truths, boxes = [], [], []
     for plane in planes:
         region = plane.weight > 0
         rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
         box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        probabilities.append(predict_plane(model, plane.image, device, dtype))
+        probs = predictor.probabilities(plane.image, channel_axis=0, normalized=True)
+        probabilities.append(probs)
         truths.append(np.where(region[box], plane.labels[box], 0))
         boxes.append((box, region[box]))
-    model.train(was_training)
 
     def scorer(gts, labels) -> dict[str, float]:
+        if task == "semantic":  # class ids as painted: 1 = background, 2.. = classes
+            labels = [lab + 1 for lab in labels]
         preds = [np.where(inside, lab[box], 0) for lab, (box, inside) in zip(labels, boxes)]
         if task == "semantic":
             gt = np.concatenate([g.ravel() for g in gts])
@@ -492,8 +431,7 @@ def train_iter(
     """
     settings = settings or PRESETS["fast"]
     should_stop = should_stop or (lambda: False)
-    device = resolve_device(settings.device)
-    dtype = autocast_dtype(device, settings.precision)
+    device = choose_device(None if settings.device == "auto" else settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     if settings.seed is not None:
@@ -521,9 +459,13 @@ def train_iter(
 
     train_planes, val_planes, in_channels, n_classes = load(images, labels, masks)
     model = _initial_model(init_model, settings, in_channels, n_classes, mode, device)
-    model.info.training = {**settings.to_dict(), "gap": settings.gap, "mode": mode}
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    run = run_settings(model, device, settings)
+    dtype = PRECISIONS[run.precision] if run.precision != "fp32" else None
+    model.info.training = {
+        **settings.to_dict(), "gap": settings.gap, "mode": mode,
+        "precision_used": run.precision, "channels_last_used": run.channels_last,
+    }  # fmt: skip
+    model = model.to(memory_format=run.memory_format)
     model.train()
     source = TileSource(train_planes, device, rng)
 
@@ -562,7 +504,7 @@ def train_iter(
 
     def validate() -> dict[str, float]:
         nonlocal best_score, best_state, best_metrics
-        metrics = evaluate(model, val_planes, mode, settings.gap, device, dtype)
+        metrics = evaluate(Predictor(model, device, run), val_planes)
         history.append({"iteration": iteration, "elapsed": time.perf_counter() - start, **metrics})
         if score(metrics, settings.select_by) > best_score:
             best_score, best_metrics = score(metrics, settings.select_by), metrics
@@ -589,9 +531,8 @@ def train_iter(
             group["lr"] = lr
         sources = source.sample(settings.batch_size, patch)
         x, target, weight = augment(*sources, input_size, output_size, settings.augment, generator)
-        if settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        x = x.contiguous(memory_format=run.memory_format)
+        with run.autocast(device):
             logits = model(x)
         loss = weighted_cross_entropy(logits, target, weight)
         optimizer.zero_grad(set_to_none=True)
@@ -644,7 +585,7 @@ def train_iter(
         model.load_state_dict(best_state)
     if mode == "instance" and val_planes and iteration > 0:
         # the segmentation threshold and growth that serve the best model best
-        tuned = tune_postprocess(model, val_planes, settings.select_by, device, dtype)
+        tuned = tune_postprocess(Predictor(model, device, run), val_planes, settings.select_by)
         model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
         model.info.history["postprocess_val"] = tuned
     if out_dir is not None and (best_state is None or model.info.postprocess):

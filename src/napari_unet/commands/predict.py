@@ -96,12 +96,10 @@ def read_image(path: Path):
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
-    from ..inference import default_expand, default_threshold, predict_iter, segment_iter
     from ..model_io import load_model
-    from ..postprocess import DEFAULT_MIN_SIZE, labels_from_stack_probabilities
-    from ..progress import drain
+    from ..postprocess import DEFAULT_MIN_SIZE, Postprocess
+    from ..predictor import Predictor
 
     images = find_images(args.images)
     model = load_model(args.model)
@@ -111,54 +109,62 @@ def run(args: argparse.Namespace) -> int:
         target = out_dir / path.with_suffix(".tif").name
         if target.resolve() == path.resolve():
             raise ValueError(f"{target} would overwrite its input; choose another --out folder")
-    settings = {
-        "tile_size": args.tile_size,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "precision": args.precision,
-        "channel_axis": args.channel_axis,
-    }
-    min_size = DEFAULT_MIN_SIZE if args.min_size is None else args.min_size
-    expand = default_expand(model) if args.expand is None else args.expand
-    threshold = default_threshold(model) if args.threshold is None else args.threshold
-    if not 0 < threshold < 1:
-        raise ValueError(f"--threshold must lie between 0 and 1, got {threshold}")
+    try:
+        post = Postprocess.of_model(
+            model.info,
+            threshold=args.threshold,
+            expand=args.expand,
+            min_size=DEFAULT_MIN_SIZE if args.min_size is None else args.min_size,
+        )
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None
+    predictor = _with_bar(
+        "measuring this machine (once)",
+        "step",
+        Predictor.prepare_iter(
+            model,
+            tile_size=args.tile_size,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+        ),
+    )
     for path in images:
         start = time.perf_counter()
         image = read_image(path)
-        if args.probabilities:
-            generator = predict_iter(model, image, **settings)
-        else:  # probabilities of one plane at a time only
-            options = {
-                "min_size": min_size,
-                "expand": expand,
-                "threshold": threshold,
-                "join_slices": args.join_slices,
-            }
-            generator = segment_iter(model, image, **options, **settings)
-        with tqdm(desc=path.name, unit="tile", leave=False, file=sys.stderr) as bar:
-
-            def advance(step, bar=bar) -> None:
-                bar.total = step[1]
-                bar.update(step[0] - bar.n)
-
-            result = drain(generator, advance)
-        labels = result
-        if args.probabilities:
-            labels = labels_from_stack_probabilities(
-                result,
-                task=model.info.task,
-                min_size=min_size,
-                expand=expand,
-                threshold=threshold,
-                join=args.join_slices,
-            )
+        result = _with_bar(
+            path.name,
+            "tile",
+            predictor.labels_iter(
+                image,
+                channel_axis=args.channel_axis,
+                post=post,
+                join_slices=args.join_slices,
+                with_probabilities=args.probabilities,
+            ),
+        )
+        labels, probabilities = result if args.probabilities else (result, None)
         write_tiff_atomic(out_dir / path.with_suffix(".tif").name, labels)
-        if args.probabilities:
-            write_tiff_atomic(out_dir / f"{path.stem}_probabilities.tif", result)
+        if probabilities is not None:
+            write_tiff_atomic(out_dir / f"{path.stem}_probabilities.tif", probabilities)
         count = int(labels.max()) if model.info.task == "instance" else len(np.unique(labels))
         what = "objects" if model.info.task == "instance" else "classes"
         print(
             f"{path.name}: {image.shape} -> {count} {what} in {time.perf_counter() - start:.1f} s"
         )
     return 0
+
+
+def _with_bar(desc: str, unit: str, generator):
+    """Drain a progress generator behind a tqdm bar on stderr; returns its result."""
+    from tqdm import tqdm
+
+    from ..progress import drain
+
+    with tqdm(desc=desc, unit=unit, leave=False, file=sys.stderr) as bar:
+
+        def advance(step) -> None:
+            bar.total = step[1]
+            bar.update(step[0] - bar.n)
+
+        return drain(generator, advance)

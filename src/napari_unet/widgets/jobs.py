@@ -58,7 +58,10 @@ def segment_job(
     probabilities: bool = False,
     device: str | None = None,
 ) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray | None]]:
-    """Labels (and optionally class probabilities) of ``image`` with ``model``.
+    """Labels (and optionally class probabilities) of ``image`` with ``model``, through
+    the one prediction path (:class:`napari_unet.predictor.Predictor`): the settings
+    measured for this machine and the model's stored post-processing, so the labels
+    equal :func:`napari_unet.inference.segment`'s with or without probabilities.
 
     Args:
         image: (Y, X) or (Z, Y, X), with a channel axis for multi-channel models;
@@ -67,29 +70,19 @@ def segment_job(
         probabilities: also return the probabilities (computed once, for both).
 
     Yields:
-        (done, total) tiles.
+        (done, total): the measurement on first use, then tiles and labelling blocks.
 
     Returns:
         (labels, probabilities): int32 labels of the spatial shape and float32
         (n_classes, *spatial) probabilities, or None when not asked for.
     """
-    from .. import postprocess
-    from ..inference import predict_iter, segment_iter
+    from ..predictor import Predictor
 
-    if not probabilities:
-        labels = yield from segment_iter(model, image, channel_axis=channel_axis, device=device)
-        return labels, None
-    probs = yield from predict_iter(model, image, channel_axis=channel_axis, device=device)
-    planes = probs.reshape(probs.shape[0], -1, *probs.shape[-2:])
-    labels = np.zeros(planes.shape[1:], np.int32)
-    next_id = 0
-    for z in range(planes.shape[1]):
-        plane = postprocess.labels_from_probabilities(planes[:, z], task=model.info.task)
-        if model.info.task == "instance":
-            plane[plane > 0] += next_id  # ids stay unique across a stack
-            next_id = max(next_id, int(plane.max()))
-        labels[z] = plane
-    return labels.reshape(probs.shape[1:]), probs
+    predictor = yield from Predictor.prepare_iter(model, device=device)
+    result = yield from predictor.labels_iter(
+        image, channel_axis=channel_axis, with_probabilities=probabilities
+    )
+    return result if probabilities else (result, None)
 
 
 # -- training -----------------------------------------------------------------------------

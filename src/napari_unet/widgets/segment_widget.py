@@ -31,6 +31,7 @@ class SegmentWidget(Container):
     Attributes:
         image_layer: the image to segment (2D, stack, RGB, multi-channel, lazy).
         model_info: which model is loaded.
+        run_info: the device and the settings measured for this machine.
         load_button: replace the current model with one from a file.
         show_probabilities: also add the class probabilities as image layers.
         segment_button, cancel_button: start / cancel (between two tiles).
@@ -46,6 +47,9 @@ class SegmentWidget(Container):
         )
         self.model_info = Label(label="model")
         self.model_info.native.setWordWrap(True)
+        self.run_info = Label(label="runs")
+        self.run_info.native.setWordWrap(True)
+        self.run_info.tooltip = "device and settings measured for this machine (napari-unet info)"
         self.load_button = PushButton(text="Load model from file...")
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
         self.segment_button = PushButton(text="Segment")
@@ -57,6 +61,7 @@ class SegmentWidget(Container):
             widgets=[
                 self.image_layer,
                 self.model_info,
+                self.run_info,
                 self.load_button,
                 self.show_probabilities,
                 buttons,
@@ -77,7 +82,10 @@ class SegmentWidget(Container):
         return self._worker is not None
 
     def _show_model(self) -> None:
+        from ..hardware import summary
+
         self.model_info.value = self.store.describe()
+        self.run_info.value = summary(self.store.model)
 
     # -- actions --------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -149,6 +157,7 @@ class SegmentWidget(Container):
             self._bar = None
         self.progress.visible = False
         self.segment_button.enabled, self.cancel_button.enabled = True, False
+        self._show_model()  # the settings measured on the first run
 
     def _show(
         self,
