@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from _machine import cpu_model
 from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
+from napari_unet.predictor import Predictor
 from napari_unet.progress import drain
 from napari_unet.sample_data import make_sample
 from napari_unet.training import (
@@ -174,7 +175,8 @@ def accuracy(args) -> None:
     for minutes, model in [*snapshots, (records[-1]["elapsed"] / 60, final)]:
         model = model.cpu()
         if not model.info.postprocess:
-            tuned = tune_postprocess(model, val_planes, settings.select_by, torch.device("cpu"))
+            predictor = Predictor.prepare(model, device="cpu")
+            tuned = tune_postprocess(predictor, val_planes, settings.select_by)
             model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
         scores = evaluate_held_out(model, held_out) | model.info.postprocess
         curve.append({"minutes": minutes, **scores})
