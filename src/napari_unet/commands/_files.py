@@ -41,3 +41,28 @@ def write_tiff_atomic(path: Path, data) -> None:
 
     with atomic_write(path) as temporary:
         tifffile.imwrite(temporary, data, compression="zlib")
+
+
+class LazyBar:
+    """A tqdm progress bar that appears at its first use (``bar()``), so that an error
+    raised before the first step leaves stderr with its one-line message alone.
+
+    Usage: ``with LazyBar(total=10) as bar: bar().update(1)``.
+    """
+
+    def __init__(self, **options) -> None:
+        self.options, self._bar = options, None
+
+    def __call__(self):
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(**self.options)
+        return self._bar
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..atomic_files import check_can_create
-from ._files import read_image, write_tiff_atomic
+from ._files import LazyBar, read_image, write_tiff_atomic
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -134,7 +134,6 @@ def output_files(
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
     from ..inference import default_expand, default_threshold, predict_iter, segment_iter
     from ..model_io import load_model
@@ -169,11 +168,11 @@ def run(args: argparse.Namespace) -> int:
                 "join_slices": args.join_slices,
             }
             generator = segment_iter(model, image, **options, **settings)
-        with tqdm(desc=path.name, unit="tile", leave=False, file=sys.stderr) as bar:
+        with LazyBar(desc=path.name, unit="tile", leave=False, file=sys.stderr) as bar:
 
             def advance(step, bar=bar) -> None:
-                bar.total = step[1]
-                bar.update(step[0] - bar.n)
+                bar().total = step[1]
+                bar().update(step[0] - bar().n)
 
             result = drain(generator, advance)
         labels = result

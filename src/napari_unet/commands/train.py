@@ -6,7 +6,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from ._files import read_image
+from ._files import LazyBar, read_image
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".npy")
 
@@ -132,19 +132,20 @@ def run(args: argparse.Namespace) -> int:
         init_model=args.init,
         should_stop=lambda: stop["requested"],
     )
-    bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    bar_format = "{l_bar}{bar}| {elapsed}<{remaining} {postfix}"
+    bar = LazyBar(total=1000, unit="‰", bar_format=bar_format)
 
     def show(record) -> None:
-        bar.update(int(record["progress"] * 1000) - bar.n)
+        bar().update(int(record["progress"] * 1000) - bar().n)
         postfix = {"step": record["iteration"], "loss": f"{record['loss']:.3f}"}
         if record.get("best") is not None:
             postfix["best"] = f"{record['best']:.3f}"
-        bar.set_postfix(postfix, refresh=False)
+        bar().set_postfix(postfix, refresh=False)
 
     try:
-        model = drain(run_, show)
+        with bar:
+            model = drain(run_, show)
     finally:
-        bar.close()
         signal.signal(signal.SIGINT, previous)
 
     save_model_or_rescue(model.to("cpu"), args.out)
