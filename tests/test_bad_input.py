@@ -151,14 +151,18 @@ def junk_png(root):
 def complex_image(root):
     (root / "images" / "a1.tif").unlink()
     np.save(root / "images" / "a1.npy", np.ones((64, 64), np.complex64))
-    return train_argv(root), "image 1 must hold real numbers, got dtype complex64"
+    expected = f"image {root / 'images' / 'a1.npy'} must hold real numbers, got dtype complex64"
+    return train_argv(root), expected
 
 
 def nan_image(root):
     image = np.ones((64, 64), np.float32)
     image[5, 7] = np.nan
     tifffile.imwrite(root / "images" / "a1.tif", image)
-    return train_argv(root), "image 1 has 1 NaN or infinite pixel(s), the first at index (5, 7)"
+    name = root / "images" / "a1.tif"
+    return train_argv(
+        root
+    ), f"image {name} has 1 NaN or infinite pixel(s), the first at index (5, 7)"
 
 
 def huge_class_id(root):
@@ -166,7 +170,8 @@ def huge_class_id(root):
     labels[:32] = 2
     labels[3, 4] = 100_000
     tifffile.imwrite(root / "labels" / "a1.tif", labels)
-    expected = f"labels 1 uses class 100000 at index (3, 4), but at most {MAX_CLASSES} classes"
+    expected = f"labels {root / 'labels' / 'a1.tif'} uses class 100000 at index (3, 4), but at "
+    expected += f"most {MAX_CLASSES} classes"
     return train_argv(root, "--mode", "semantic"), expected
 
 
@@ -246,6 +251,21 @@ def test_train_iter_refuses_an_unavailable_device():
     run = train_iter([image], [labels], settings=TINY.replace(device=UNAVAILABLE_DEVICE))
     with pytest.raises(ValueError, match=f"device '{UNAVAILABLE_DEVICE}' is not available"):
         next(run)
+
+
+def test_prepare_planes_names_the_bad_image_and_labels():
+    """The API names the pair by its index (the CLI by its file, above)."""
+    image, labels = make_sample((32, 32), n_objects=3, seed=0)
+    bad = image.astype(np.float32)
+    bad[2, 3] = np.inf
+    with pytest.raises(ValueError, match=r"^image 1 has 1 NaN or infinite pixel\(s\), the first"):
+        prepare_planes([image, bad], [labels, labels])
+    with pytest.raises(ValueError, match=r"^image 0 must hold real numbers, got dtype complex"):
+        prepare_planes([image.astype(np.complex64)], [labels])
+    classes = np.ones((2, 32, 32), np.int32)
+    classes[1, 4, 5] = 5000
+    with pytest.raises(ValueError, match=r"^labels 0, slice 1 uses class 5000 at index \(4, 5\)"):
+        prepare_planes([np.stack([image, image])], [classes], mode="semantic")
 
 
 def test_class_ids_above_255_keep_their_class():

@@ -92,6 +92,21 @@ def find_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     return [(image_files[n], label_files[n]) for n in names]
 
 
+def read_pairs(pairs: list[tuple[Path, Path]], mode: str) -> tuple[list, list]:
+    """Images and labels of ``pairs``, checked as training checks them, so that a
+    message names the file (NaN pixels, complex values, too many classes)."""
+    from ..data import check_classes, check_image
+
+    images, labels = [], []
+    for image_path, label_path in pairs:
+        images.append(read_image(image_path))
+        check_image(images[-1], f"image {image_path}")
+        labels.append(read_image(label_path))
+        if mode == "semantic":
+            check_classes(labels[-1], None, f"labels {label_path}")
+    return images, labels
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -111,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = find_pairs(args.images, args.labels)
     config = read_model_info(args.init)[0] if args.init is not None else settings.config()
     check_model_destination(args.out, config, inputs=[p for pair in pairs for p in pair])
-    images = [read_image(i) for i, _ in pairs]
-    labels = [read_image(lab) for _, lab in pairs]
+    images, labels = read_pairs(pairs, args.mode)
     print(f"training on {len(pairs)} image/label pair(s) from {args.images}")
 
     stop = {"requested": False}
