@@ -49,10 +49,17 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
     parser.add_argument("--device", help="cpu, cuda[:N] or mps (default: best available)")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), help="default: per device"
+        "--precision", choices=("fp32", "bf16", "fp16"), help="autocast (default: per device)"
     )
-    parser.add_argument("--channel-axis", type=int, help="axis holding the image's channels")
-    parser.add_argument("--min-size", type=int, default=None, help="drop smaller objects (px)")
+    parser.add_argument(
+        "--channel-axis",
+        type=int,
+        help="axis holding the image's channels (default: the last axis for a model taking "
+        "several channels; a 1-channel model refuses a last axis of 2-4 without it)",
+    )
+    parser.add_argument(
+        "--min-size", type=int, default=None, help="drop smaller objects, px (default: 10)"
+    )
     parser.add_argument(
         "--expand",
         type=int,
