@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -77,12 +78,21 @@ def save_model(model: UNet, path: str | os.PathLike) -> Path:
         try:
             save_file(tensors, tmp, metadata=metadata)
         except SafetensorError as err:  # e.g. a full disk: an OSError like any other
-            raise OSError(f"could not write {path} ({err})") from err
+            raise _as_os_error(err, path) from err
         # mkstemp makes the file private (0600): give it the usual permissions instead
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     return path
+
+
+def _as_os_error(error: SafetensorError, path: Path) -> OSError:
+    """The OSError inside a safetensors write error (``IoError(Os { code: 28, ...``)."""
+    found = re.search(r"code: (\d+)", str(error))
+    if found is None:
+        return OSError(f"could not write {path}: {error}")
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def save_model_or_rescue(model: UNet, path: str | os.PathLike) -> Path:
