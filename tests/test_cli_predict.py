@@ -78,7 +78,7 @@ def test_bad_image_exits_2_with_one_message_and_no_output(
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert message in error[-1] and "Traceback" not in "\n".join(error)
-    assert not any(out.iterdir())  # no label file, no temporary file
+    assert not out.exists()  # no folder, no label file, no temporary file
 
 
 def test_unloadable_model_and_missing_images_exit_2(tmp_path, capsys):

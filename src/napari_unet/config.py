@@ -15,6 +15,11 @@ from typing import Any
 
 TASKS = ("instance", "semantic")
 
+#: Largest accepted value of each UNetConfig field: far beyond any useful network, small
+#: enough that a network (or a model file claiming one) cannot ask for absurd memory.
+LIMITS = {"in_channels": 256, "n_classes": 1024, "base_channels": 512, "depth": 8}
+MAX_CLASSES = LIMITS["n_classes"]
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -39,6 +44,10 @@ class UNetConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
+            if value > LIMITS[name]:
+                raise ValueError(
+                    f"UNetConfig.{name} is {value}, more than the {LIMITS[name]} supported"
+                )
         if self.n_classes < 2:
             raise ValueError(f"UNetConfig.n_classes must be at least 2, got {self.n_classes}")
         if not 0.0 <= self.dropout < 1.0:

@@ -25,6 +25,7 @@ import numpy as np
 from skimage.draw import polygon2mask
 from skimage.segmentation import find_boundaries
 
+from .config import MAX_CLASSES
 from .normalization import normalize
 
 MODES = ("instance", "semantic")
@@ -36,7 +37,8 @@ class Plane:
 
     Attributes:
         image: (C, Y, X) float32, percentile-normalised.
-        target: (Y, X) uint8 class index per pixel (0 = background).
+        target: (Y, X) class index per pixel (0 = background), of the smallest integer
+            dtype that holds every class (:func:`target_dtype`).
         weight: (Y, X) float32 loss weight; 0 outside the annotated region.
         labels: (Y, X) the annotation as given (object ids or classes), for validation.
         name: where it came from (for messages), e.g. ``"image 2, slice 5"``.
@@ -87,6 +89,40 @@ def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     if labels.size and labels.min() < 0:
         raise ValueError(f"{name} contain negative values; labels must be 0, 1, 2, ...")
     return labels
+
+
+def target_dtype(n_classes: int) -> np.dtype:
+    """Smallest integer dtype holding class indices 0 .. n_classes - 1 (uint8 up to 256)."""
+    for dtype in (np.uint8, np.int16, np.int32):
+        if n_classes - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def check_image(image: np.ndarray, name: str) -> None:
+    """Raise ValueError unless ``image`` holds real, finite numbers (names the first bad pixel)."""
+    dtype = image.dtype
+    if dtype.kind not in "biuf":  # bool, signed, unsigned, float
+        raise ValueError(f"{name} must hold real numbers, got dtype {dtype}")
+    if np.issubdtype(dtype, np.floating):
+        bad = ~np.isfinite(image)
+        if bad.any():
+            where = tuple(int(i) for i in np.unravel_index(np.argmax(bad), image.shape))
+            raise ValueError(
+                f"{name} has {int(bad.sum())} NaN or infinite pixel(s), the first at "
+                f"index {where}; fix or replace them before training"
+            )
+
+
+def check_classes(labels: np.ndarray, mask: np.ndarray | None, name: str) -> None:
+    """Raise ValueError where semantic ``labels`` use a class above :data:`MAX_CLASSES`."""
+    region = labels if mask is None else np.where(mask, labels, 0)
+    if region.size and region.max() > MAX_CLASSES:
+        where = tuple(int(i) for i in np.unravel_index(np.argmax(region), region.shape))
+        raise ValueError(
+            f"{name} uses class {int(region.max())} at index {where}, but at most "
+            f"{MAX_CLASSES} classes are supported (labels: 1 = background, 2, 3, ... = classes)"
+        )
 
 
 def region_mask(shape: tuple[int, int], shapes: Sequence[np.ndarray]) -> np.ndarray:
@@ -157,7 +193,10 @@ class WeightCache:
 
 
 def compute_target(labels, mask, mode, gap, w0, sigma, n_classes):
-    """(target uint8, weight float32) for one labels plane; see the module docstring."""
+    """(target, weight float32) for one labels plane; see the module docstring.
+
+    The target is uint8 for instances and of :func:`target_dtype` for ``n_classes``
+    semantic classes."""
     if mode == "instance":
         from .weights import weight_map
 
@@ -167,7 +206,7 @@ def compute_target(labels, mask, mode, gap, w0, sigma, n_classes):
         target = (gapped > 0).astype(np.uint8)
     else:
         valid = labels > 0 if mask is None else (labels > 0) & mask
-        target = np.where(valid, labels - 1, 0).astype(np.uint8)
+        target = np.where(valid, labels - 1, 0).astype(target_dtype(n_classes))
         weight = class_balance(target, valid, n_classes)
     return target, np.asarray(weight, dtype=np.float32)
 
@@ -219,6 +258,7 @@ def prepare_planes(
         lab = check_labels(lab, f"labels {index}")
         if lab.ndim not in (2, 3):
             raise ValueError(f"labels {index} must be 2D or a 3D stack, got shape {lab.shape}")
+        check_image(np.asarray(image), f"image {index}")
         image = as_channels_first(image, lab.shape, channel_axis)
         if channels is not None and image.shape[0] != channels:
             raise ValueError(
@@ -243,7 +283,10 @@ def prepare_planes(
             if not annotated:
                 continue
             plane_image = image[:, z] if stack else image
-            name = f"image {index}" + (f", slice {z}" if stack else "")
+            where = f"{index}" + (f", slice {z}" if stack else "")
+            name = f"image {where}"
+            if mode == "semantic":
+                check_classes(plane_labels, plane_mask, f"labels {where}")
             raw.append((plane_image, plane_labels, plane_mask, name))
             region = plane_labels if plane_mask is None else plane_labels[plane_mask]
             max_label = max(max_label, int(region.max()) if region.size else 0)

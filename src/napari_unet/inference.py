@@ -27,6 +27,11 @@ Progress = Generator[tuple[int, int], None, Any]
 
 
 # -- image layout ----------------------------------------------------------------------
+#: Lengths of a 3D image's last axis read as channels, not as a stack of thin planes:
+#: a 1-channel model refuses such an image unless ``channel_axis`` says otherwise.
+AMBIGUOUS_LAST_AXIS = (2, 3, 4)
+
+
 def as_planes(image, in_channels: int, channel_axis: int | None = None):
     """View ``image`` as ``(planes, C, Y, X)`` without reading it.
 
@@ -34,9 +39,14 @@ def as_planes(image, in_channels: int, channel_axis: int | None = None):
         (array, spatial): a numpy view or a dask array of shape (Z, C, Y, X), and the
         image's spatial shape ((Y, X) or (Z, Y, X)) that results keep.
 
+    Channel rule: ``channel_axis`` names the channel axis; without it a model taking C > 1
+    channels reads them from the last axis, and a 1-channel model takes a (Y, X) image or
+    a (Z, Y, X) stack, but refuses a 3D image whose last axis has 2-4 entries (ambiguous:
+    channels or a stack of 2-4 px wide planes).
+
     Raises:
-        ValueError: empty or non-numeric image, wrong channel count, unsupported ndim,
-            a spatial edge below 2 px (mirror padding needs two pixels).
+        ValueError: empty, complex or non-numeric image, wrong or ambiguous channels,
+            unsupported ndim, a spatial edge below 2 px (mirror padding needs two pixels).
     """
     if isinstance(image, np.ndarray) or not hasattr(image, "shape"):
         image, xp = np.asarray(image), np
@@ -62,10 +72,11 @@ def as_planes(image, in_channels: int, channel_axis: int | None = None):
                 f"{shape} has no last axis of that length; name its channel_axis"
             )
         image = xp.moveaxis(image, -1, 0)
-    elif image.ndim == 3 and shape[-1] in (3, 4):
+    elif image.ndim == 3 and shape[-1] in AMBIGUOUS_LAST_AXIS:
         raise ValueError(
-            f"the image of shape {shape} looks like RGB(A) but this model takes 1 input "
-            "channel; convert it to grey first (or pass channel_axis for a 1-channel axis)"
+            f"the image of shape {shape} looks like it has {shape[-1]} channels (RGB or "
+            "similar) on its last axis but this model takes 1 input channel; convert it to "
+            "grey first (or pass channel_axis for a 1-channel axis)"
         )
     else:
         image = image[None]

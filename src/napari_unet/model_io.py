@@ -14,14 +14,21 @@ safetensors stores raw tensor bytes behind a JSON header, so opening a file
 never runs code, unlike a pickled ``torch.save`` file, which can run arbitrary
 code when unpickled; such files are refused without being unpickled.
 Saving is atomic: the file is written to a temporary file in the same folder,
-then renamed over the target, so a failure mid-save leaves the previous file.
+then renamed over the target, so a failure mid-save leaves the previous file
+(:mod:`napari_unet.atomic_files`; abandoned temporary files are removed by the
+next save). Loading checks the header's description against its tensor shapes
+before building the network, so a small crafted file cannot claim a huge one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +37,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic_files import atomic_write, check_can_create
 from .config import ModelInfo, UNetConfig
+from .devices import choose_device
 from .model import UNet
 
 FORMAT = "napari-unet"
@@ -40,6 +49,7 @@ SUFFIX = ".safetensors"
 # First bytes of pickle-based PyTorch files: zip archive (torch >= 1.6) or raw pickle.
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 class ModelFileError(ValueError):
@@ -64,19 +74,92 @@ def save_model(model: UNet, path: str | os.PathLike) -> Path:
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
+    with atomic_write(path) as tmp:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as err:  # e.g. a full disk: an OSError like any other
+            raise _as_os_error(err, path) from err
         # mkstemp makes the file private (0600): give it the usual permissions instead
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def _as_os_error(error: SafetensorError, path: Path) -> OSError:
+    """The OSError inside a safetensors write error (``IoError(Os { code: 28, ...``)."""
+    found = re.search(r"code: (\d+)", str(error))
+    if found is None:
+        return OSError(f"could not write {path}: {error}")
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
+def save_model_or_rescue(model: UNet, path: str | os.PathLike) -> Path:
+    """:func:`save_model`, keeping the model in the temp folder when ``path`` fails.
+
+    Raises:
+        OSError: ``path`` could not be written; the message names the rescue copy
+            (``napari-unet-rescued-NAME-TIME.safetensors`` in the temp folder).
+    """
+    try:
+        return save_model(model, path)
+    except OSError as error:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        rescue = Path(tempfile.gettempdir()) / f"napari-unet-rescued-{Path(path).stem}-{stamp}"
+        rescue = rescue.with_name(rescue.name + SUFFIX)
+        reason = error.strerror or str(error)
+        try:
+            save_model(model, rescue)
+        except OSError as second:
+            raise OSError(
+                f"could not save the model to {path} ({reason}) nor to {rescue} "
+                f"({second.strerror or second})"
+            ) from error
+        raise OSError(
+            f"could not save the model to {path} ({reason}); it was saved to {rescue} instead"
+        ) from error
+
+
+def model_file_bytes(config: UNetConfig) -> int:
+    """Approximate size of a model file of ``config`` (float32 weights plus header)."""
+    return 4 * sum(math.prod(shape) for shape in expected_tensors(config).values()) + 2**20
+
+
+def check_model_destination(path: str | os.PathLike, config: UNetConfig, inputs=()) -> None:
+    """Raise before any work if a model of ``config`` cannot be saved to ``path``.
+
+    Refused: a folder, one of ``inputs`` (paths that must not be replaced), an existing
+    file that is not a napari-unet model, a location that cannot be created or written
+    (a probe file is created and removed), or less free space than the model needs.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a model file name")
+    if path.exists() and any(path.resolve() == Path(i).resolve() for i in inputs):
+        raise ValueError(f"{path} is one of the input files; choose another model file name")
+    if path.exists():
+        try:
+            read_model_info(path)
+        except ModelFileError:
+            raise ValueError(
+                f"{path} exists and is not a napari-unet model; refusing to replace it "
+                "(choose another model file name)"
+            ) from None
+    folder = check_can_create(path)
+    need, free = model_file_bytes(config), shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(
+            f"cannot save {path}: {folder} has {free / 2**20:.1f} MiB free but the model "
+            f"needs about {need / 2**20:.1f} MiB"
+        )
+
+
+def expected_tensors(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight of a network of ``config`` (nothing allocated)."""
+    with torch.device("meta"):
+        network = UNet(config, ModelInfo.default_for(config.n_classes))
+    return {name: tuple(value.shape) for name, value in network.state_dict().items()}
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
@@ -87,7 +170,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
             (missing, not a model, a pickle file, truncated, from a newer version).
     """
     path = Path(path)
-    config, info = read_model_info(path)
+    device = choose_device(device)  # one sentence for a device this machine lacks
+    header = _read_header(path)
+    config, info = _description(path, header["__metadata__"])
+    _check_tensors(path, config, header)  # before building the network: no huge allocation
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
@@ -105,8 +191,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
 
 def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, ModelInfo]:
     """Config and info of a model file, without reading its weights (cheap)."""
-    metadata = _read_metadata(Path(path))
     path = Path(path)
+    return _description(path, _read_header(path)["__metadata__"])
+
+
+def _description(path: Path, metadata: dict[str, str]) -> tuple[UNetConfig, ModelInfo]:
+    """Config and info from a model file's metadata (ModelFileError if invalid)."""
     try:
         version = int(metadata.get("format_version", ""))
     except ValueError:
@@ -125,8 +215,30 @@ def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, ModelInfo]:
     return config, info
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
-    """The napari-unet metadata of a safetensors file, checked before any parsing."""
+def _check_tensors(path: Path, config: UNetConfig, header: dict[str, Any]) -> None:
+    """ModelFileError unless the header's tensors are exactly those ``config`` needs."""
+    expected = expected_tensors(config)
+    stored = {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, shape in expected.items():
+        entry = stored.get(name)
+        found = tuple(entry.get("shape", ())) if isinstance(entry, dict) else None
+        if found != shape or entry.get("dtype") not in _FLOAT_DTYPES:
+            what = "is missing" if entry is None else f"has shape {found}"
+            raise ModelFileError(
+                f"the weights in {path} do not fit the network described in the same file "
+                f"(tensor {name!r} {what}, expected float {shape})"
+            )
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        raise ModelFileError(
+            f"the weights in {path} do not fit the network described in the same file "
+            f"(unexpected tensor {extra[0]!r})"
+        )
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The safetensors header of a napari-unet model file, checked before any parsing;
+    ``header["__metadata__"]`` holds the napari-unet metadata."""
     if not path.is_file():
         what = "is a folder, not a model file" if path.is_dir() else "does not exist"
         raise ModelFileError(f"model file {path} {what}")
@@ -160,7 +272,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
         raise ModelFileError(
             f"{path} is a safetensors file but not a napari-unet model (no model description)"
         )
-    return metadata
+    return header
 
 
 def _to_json(data: dict[str, Any]) -> str:

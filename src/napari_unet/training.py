@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,29 @@ class TrainSettings:
             raise ValueError(f"precision must be auto/bf16/fp16/fp32, got {self.precision!r}")
         if self.iterations is None and self.minutes is None:
             raise ValueError("give a training budget: iterations and/or minutes")
+        self._check_numbers()
         if isinstance(self.augment, dict):
             self.augment = AugmentSettings(**self.augment)
         self.config().output_size(self.tile_size)  # raises for an invalid tile size
+
+    def _check_numbers(self) -> None:
+        """Raise ValueError naming the first numeric setting outside its range."""
+        for name, (low, high) in _INTEGER_RANGES.items():
+            value = getattr(self, name)
+            if (value is not None or name not in _OPTIONAL) and not (
+                _is_integer(value) and low <= value <= high
+            ):
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        for name, interval in _NUMBER_RANGES.items():
+            value = getattr(self, name)
+            if (value is not None or name not in _OPTIONAL) and not _in_interval(value, interval):
+                raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+        low, high = (self.normalization.get(k) for k in ("low", "high"))
+        if not (_in_interval(low, "[0, 100]") and _in_interval(high, "[0, 100]") and low < high):
+            raise ValueError(
+                "normalization must give percentiles 0 <= low < high <= 100, "
+                f"got {self.normalization!r}"
+            )
 
     def config(self, in_channels: int = 1, n_classes: int = 2) -> UNetConfig:
         return UNetConfig(in_channels, n_classes, self.base_channels, self.depth, self.dropout)
@@ -141,6 +162,47 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: name: (lowest, highest) of the whole-number settings (None: not set, where allowed).
+_INTEGER_RANGES = {
+    "tile_size": (1, math.inf),
+    "batch_size": (1, math.inf),
+    "iterations": (1, math.inf),
+    "gap": (0, math.inf),
+    "val_every": (1, math.inf),
+    "val_max_planes": (1, math.inf),
+    "threads": (1, math.inf),
+}
+_OPTIONAL = ("iterations", "minutes", "val_every", "val_every_s", "threads")
+#: name: interval of the real-valued settings, "[" / "]" closed, "(" / ")" open.
+_NUMBER_RANGES = {
+    "lr": "(0, inf)",
+    "momentum": "[0, 1)",
+    "weight_decay": "[0, inf)",
+    "warmup": "[0, 1)",
+    "minutes": "(0, inf)",
+    "w0": "[0, inf)",
+    "sigma": "(0, inf)",
+    "val_fraction": "[0, 1)",
+    "val_every_s": "(0, inf]",
+    "preview_every_s": "[0, inf]",
+    "refresh_every_s": "[0, inf]",
+}
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _in_interval(value: Any, interval: str) -> bool:
+    """True for a real ``value`` inside ``interval``, e.g. ``"(0, inf)"`` or ``"[0, 1)"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    low, high = (float(text) for text in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    return above and below  # False for NaN
 
 
 #: Named presets. "fast" is the measured CPU default (docs/training.md); "paper" is
@@ -421,7 +483,9 @@ def train_iter(
         dict with ``iteration``, ``loss``, ``lr``, ``elapsed`` (s), ``progress``
         (0..1), ``val`` (metrics dict, when computed), ``best`` (best validation
         score so far), ``preview_model`` (an eval-mode copy, every
-        ``preview_every_s``).
+        ``preview_every_s``), ``notice`` (a sentence, after a ``refresh`` whose data
+        could not be used, e.g. all labels erased: training goes on with the
+        previous data; also issued as a RuntimeWarning).
 
     Returns:
         the best model by validation (the last one without validation data), on
@@ -516,14 +580,20 @@ def train_iter(
                 )
         return metrics
 
+    notice = None
     while progress_now() < 1.0 and not should_stop():
         now = time.perf_counter()
         if refresh is not None and now - last_refresh >= settings.refresh_every_s:
             last_refresh = now
             new = refresh()
             if new is not None:
-                train_planes, val_planes, _, _ = load(*new)
-                source = TileSource(train_planes, device, rng)
+                try:
+                    train_planes, val_planes, _, _ = load(*new)
+                    source = TileSource(train_planes, device, rng)
+                except ValueError as error:  # e.g. all labels erased: keep the last good data
+                    notice = f"the new annotation was not used ({error}); training continues"
+                    notice += " on the previous one"
+                    warnings.warn(notice, RuntimeWarning, stacklevel=2)
 
         fraction = progress_now()
         lr = _learning_rate(settings, fraction)
@@ -554,6 +624,8 @@ def train_iter(
             "elapsed": now - start,
             "progress": progress_now(),
         }
+        if notice is not None:
+            record["notice"], notice = notice, None
         due_time = now >= next_val
         due_step = settings.val_every is not None and iteration % settings.val_every == 0
         if val_planes and (due_time or due_step):

@@ -1,10 +1,13 @@
 """``napari-unet predict``: label images (and optionally probabilities) with a trained model.
 
-One label TIFF per input, with the input's file name, in ``--out``. Inputs are files,
-folders (their ``*.tif``/``*.tiff``) or glob patterns. Each output is written to a
-temporary file and renamed, so an error never leaves a partial file; any bad input
-(unreadable model or image, wrong channels, NaN pixels, ...) stops with one message
-and exit code 2.
+One label TIFF per input, NAME.tif for an input NAME.tif or NAME.tiff, in ``--out``
+(with ``--probabilities`` also NAME_probabilities.tif). Inputs are files, folders (their
+``*.tif``/``*.tiff``) or glob patterns. Outputs are checked before any work: two
+inputs that would write the same output file are refused, and so is an output that
+already exists unless ``--overwrite`` is given (an input is never overwritten). Each
+output is written to a temporary file and renamed, so an error never leaves a partial
+file; any bad input (unreadable model or image, wrong channels, NaN pixels, ...) stops
+with one message and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._files import write_tiff_atomic
+from ..atomic_files import check_can_create
+from ._files import LazyBar, read_image, write_tiff_atomic
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -24,13 +28,18 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="segment images with a trained model (overlap-tile inference)",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.replace("``", ""),
     )
     parser.add_argument("--model", required=True, help="model file (.safetensors)")
     parser.add_argument(
         "--images", required=True, nargs="+", metavar="PATH", help="image files, folders, globs"
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist in --out (never the inputs)",
+    )
     parser.add_argument(
         "--probabilities",
         action="store_true",
@@ -40,10 +49,17 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
     parser.add_argument("--device", help="cpu, cuda[:N] or mps (default: best available)")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), help="default: per device"
+        "--precision", choices=("fp32", "bf16", "fp16"), help="autocast (default: per device)"
     )
-    parser.add_argument("--channel-axis", type=int, help="axis holding the image's channels")
-    parser.add_argument("--min-size", type=int, default=None, help="drop smaller objects (px)")
+    parser.add_argument(
+        "--channel-axis",
+        type=int,
+        help="axis holding the image's channels (default: the last axis for a model taking "
+        "several channels; a 1-channel model refuses a last axis of 2-4 without it)",
+    )
+    parser.add_argument(
+        "--min-size", type=int, default=None, help="drop smaller objects, px (default: 10)"
+    )
     parser.add_argument(
         "--expand",
         type=int,
@@ -85,13 +101,42 @@ def find_images(patterns: list[str]) -> list[Path]:
     return found
 
 
-def read_image(path: Path):
-    import tifffile
+def output_files(
+    images: list[Path], out_dir: Path, probabilities: bool, overwrite: bool
+) -> dict[Path, list[Path]]:
+    """Input -> its output files (labels, then probabilities), checked before any work.
 
-    try:
-        return tifffile.imread(path)
-    except Exception as error:  # tifffile raises many types for damaged files
-        raise ValueError(f"cannot read image {path}: {error}") from None
+    Raises:
+        ValueError: two inputs would write the same file, an output is an input, or
+            an output exists and ``overwrite`` is False.
+        OSError: ``out_dir`` cannot be created or written.
+    """
+    outputs = {
+        path: [out_dir / f"{path.stem}.tif"]
+        + ([out_dir / f"{path.stem}_probabilities.tif"] if probabilities else [])
+        for path in images
+    }
+    writer: dict[Path, Path] = {}
+    for path, targets in outputs.items():
+        for target in targets:
+            if target in writer:
+                raise ValueError(
+                    f"{writer[target].name} and {path.name} would both write {target}; "
+                    "rename one or segment them into different --out folders"
+                )
+            writer[target] = path
+    for target in writer:
+        if target.exists() and any(target.resolve() == i.resolve() for i in images):
+            raise ValueError(f"{target} would overwrite an input; choose another --out folder")
+        if target.exists() and not overwrite:
+            raise ValueError(
+                f"{target} already exists; pass --overwrite to replace it or choose another "
+                "--out folder"
+            )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    check_can_create(out_dir / "probe")
+    return outputs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,13 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from ..predictor import Predictor
 
     images = find_images(args.images)
+    outputs = output_files(images, args.out, args.probabilities, args.overwrite)
     model = load_model(args.model)
-    out_dir = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in images:
-        target = out_dir / path.with_suffix(".tif").name
-        if target.resolve() == path.resolve():
-            raise ValueError(f"{target} would overwrite its input; choose another --out folder")
     try:
         post = Postprocess.of_model(
             model.info,
@@ -144,9 +184,10 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
         labels, probabilities = result if args.probabilities else (result, None)
-        write_tiff_atomic(out_dir / path.with_suffix(".tif").name, labels)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_tiff_atomic(outputs[path][0], labels)
         if probabilities is not None:
-            write_tiff_atomic(out_dir / f"{path.stem}_probabilities.tif", probabilities)
+            write_tiff_atomic(outputs[path][1], probabilities)
         count = int(labels.max()) if model.info.task == "instance" else len(np.unique(labels))
         what = "objects" if model.info.task == "instance" else "classes"
         print(
@@ -156,15 +197,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _with_bar(desc: str, unit: str, generator):
-    """Drain a progress generator behind a tqdm bar on stderr; returns its result."""
-    from tqdm import tqdm
-
+    """Drain a progress generator behind a tqdm bar on stderr (shown from its first
+    step, so an error raised before it stays one line); returns its result."""
     from ..progress import drain
 
-    with tqdm(desc=desc, unit=unit, leave=False, file=sys.stderr) as bar:
+    with LazyBar(desc=desc, unit=unit, leave=False, file=sys.stderr) as bar:
 
         def advance(step) -> None:
-            bar.total = step[1]
-            bar.update(step[0] - bar.n)
+            bar().total = step[1]
+            bar().update(step[0] - bar().n)
 
         return drain(generator, advance)

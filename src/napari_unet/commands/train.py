@@ -6,6 +6,8 @@ import argparse
 import signal
 from pathlib import Path
 
+from ._files import LazyBar, read_image
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".npy")
 
 
@@ -16,32 +18,56 @@ def register(subparsers) -> None:
         description=(
             "Train a U-Net on pairs IMAGES/NAME + LABELS/NAME (same file stem). Labels are "
             "object ids (instance mode) or 0 = unannotated, 1 = background, 2.. = classes "
-            "(semantic mode). Ctrl-C stops early and still saves the best model."
+            "(semantic mode). Settings and --out are checked before training starts; "
+            "Ctrl-C stops early and still saves the best model."
         ),
     )
     parser.add_argument("--images", required=True, type=Path, help="folder of images")
     parser.add_argument("--labels", required=True, type=Path, help="folder of label images")
-    parser.add_argument("--out", required=True, type=Path, help="model file to write")
-    parser.add_argument("--minutes", type=float, help="wall-clock budget (default: preset's)")
-    parser.add_argument("--iterations", type=int, help="optimiser steps budget")
     parser.add_argument(
-        "--preset", default="fast", help="settings preset: fast (default), dense (EM), paper"
+        "--out",
+        required=True,
+        type=Path,
+        help="model file to write (.safetensors); an existing file is replaced only if it "
+        "is a napari-unet model; if saving fails the model is kept in the temp folder",
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
-    parser.add_argument("--mode", choices=("instance", "semantic"), default="instance")
-    parser.add_argument("--init", type=Path, help="model file to fine-tune / resume from")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--val-fraction", type=float, help="share of images held out for validation"
+        "--minutes", type=float, help="wall-clock budget, > 0 (default: the preset's)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, help="optimiser steps budget, >= 1 (default: the preset's)"
+    )
+    parser.add_argument(
+        "--preset", default="fast", help="settings preset: fast, dense (EM), paper "
+        "(default: %(default)s)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda[:N], mps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("instance", "semantic"),
+        default="instance",
+        help="what the labels are: instance = object ids (0 = background); semantic = "
+        "0 unannotated, 1 background, 2.. classes (default: %(default)s)",
+    )
+    parser.add_argument("--init", type=Path, help="model file to fine-tune / resume from")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of images held out for validation, in [0, 1) (default: the preset's)",
     )
     parser.add_argument(
         "--select-by",
         choices=("ap50", "rand_error"),
         help="validation metric that picks the best model and its segmentation threshold "
-        "(default ap50; rand_error for dense tissue such as EM)",
+        "(default: the preset's, ap50 except dense; rand_error for dense tissue such as EM)",
     )
     parser.add_argument(
-        "--gap", type=int, help="px background line kept between touching objects (default 1)"
+        "--gap",
+        type=int,
+        help="px background line kept between touching objects, >= 0 (default: the preset's)",
     )
     parser.set_defaults(func=run)
 
@@ -66,24 +92,25 @@ def find_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     return [(image_files[n], label_files[n]) for n in names]
 
 
-def read_image(path: Path):
-    import numpy as np
+def read_pairs(pairs: list[tuple[Path, Path]], mode: str) -> tuple[list, list]:
+    """Images and labels of ``pairs``, checked as training checks them, so that a
+    message names the file (NaN pixels, complex values, too many classes)."""
+    from ..data import check_classes, check_image
 
-    if path.suffix.lower() == ".npy":
-        return np.load(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    from skimage.io import imread
-
-    return imread(path)
+    images, labels = [], []
+    for image_path, label_path in pairs:
+        images.append(read_image(image_path))
+        check_image(images[-1], f"image {image_path}")
+        labels.append(read_image(label_path))
+        if mode == "semantic":
+            check_classes(labels[-1], None, f"labels {label_path}")
+    return images, labels
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..model_io import save_model
+    from ..model_io import check_model_destination, read_model_info, save_model_or_rescue
     from ..progress import drain
     from ..training import PRESETS, train_iter
 
@@ -95,13 +122,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("val_fraction", "select_by", "gap"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    settings = PRESETS[args.preset].replace(**changes)
-    if args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give a model file name")
-
+    settings = PRESETS[args.preset].replace(**changes)  # validates every setting
     pairs = find_pairs(args.images, args.labels)
-    images = [read_image(i) for i, _ in pairs]
-    labels = [read_image(lab) for _, lab in pairs]
+    config = read_model_info(args.init)[0] if args.init is not None else settings.config()
+    check_model_destination(args.out, config, inputs=[p for pair in pairs for p in pair])
+    images, labels = read_pairs(pairs, args.mode)
     print(f"training on {len(pairs)} image/label pair(s) from {args.images}")
 
     stop = {"requested": False}
@@ -121,22 +146,23 @@ def run(args: argparse.Namespace) -> int:
         init_model=args.init,
         should_stop=lambda: stop["requested"],
     )
-    bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    bar_format = "{l_bar}{bar}| {elapsed}<{remaining} {postfix}"
+    bar = LazyBar(total=1000, unit="‰", bar_format=bar_format)
 
     def show(record) -> None:
-        bar.update(int(record["progress"] * 1000) - bar.n)
+        bar().update(int(record["progress"] * 1000) - bar().n)
         postfix = {"step": record["iteration"], "loss": f"{record['loss']:.3f}"}
         if record.get("best") is not None:
             postfix["best"] = f"{record['best']:.3f}"
-        bar.set_postfix(postfix, refresh=False)
+        bar().set_postfix(postfix, refresh=False)
 
     try:
-        model = drain(run_, show)
+        with bar:
+            model = drain(run_, show)
     finally:
-        bar.close()
         signal.signal(signal.SIGINT, previous)
 
-    save_model(model.to("cpu"), args.out)
+    save_model_or_rescue(model.to("cpu"), args.out)
     history = model.info.history
     best = history.get("best_val")
     print(f"trained {history['iterations']} steps in {history['seconds']:.0f} s; saved {args.out}")
