@@ -53,4 +53,4 @@ def test_segment_widget_shows_the_settings_measured_for_this_machine(make_napari
     assert "measured at the first run" in widget.run_info.value
     widget.segment()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
-    assert "Mpx/s" in widget.run_info.value and "tiles up to" in widget.run_info.value
+    assert "Mpx/s" in widget.run_info.value and "tiles ≤" in widget.run_info.value

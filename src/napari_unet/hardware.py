@@ -471,12 +471,18 @@ def instruction_sets() -> str:
 
 
 def describe(choice: Choice, device: torch.device) -> str:
-    """One line for a status bar: where, how, how fast, e.g.
-    ``"cpu: fp32, contiguous, tiles up to 1212 px, batch 1 · 0.87 Mpx/s (measured)"``."""
-    return (
-        f"{device.type}: {choice.settings.describe()} · {choice.mpx_per_s:.3g} Mpx/s "
-        f"({'measured ' + choice.measured_at if choice.measured_at else 'measured'})"
-    )
+    """A short line for the Segment widget: where, how, how fast (measured), e.g.
+    ``"runs on cpu · fp32 · channels_last · tiles ≤ 1212 px · 0.87 Mpx/s"``."""
+    settings = choice.settings
+    parts = [
+        f"runs on {device}",
+        settings.precision,
+        "channels_last" if settings.channels_last else "contiguous",
+        f"tiles ≤ {settings.max_tile} px",
+        *([f"batch {settings.batch_size}"] if settings.batch_size > 1 else []),
+        f"{choice.mpx_per_s:.2g} Mpx/s",
+    ]
+    return " · ".join(parts)
 
 
 def summary(model: torch.nn.Module | None, device: str | torch.device | None = None) -> str:
@@ -488,5 +494,5 @@ def summary(model: torch.nn.Module | None, device: str | torch.device | None = N
         return f"runs on {run_device}"
     choice = cached_choice(model.config, run_device)
     if choice is None:
-        return f"{run_device}: settings are measured at the first run (seconds, once)"
+        return f"runs on {run_device} · settings measured at the first run (seconds, once)"
     return describe(choice, run_device)

@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error
 from . import _dialogs
 from ._layers import BadChoice, ImageInput, follow_layers, image_input, layer_combo, selected
 from ._layers import show_output as _show_output
-from ._layout import column, row
+from ._layout import column, fixed_lines, row
 from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
 from .jobs import segment_job
@@ -47,8 +47,7 @@ class SegmentWidget(Container):
         )
         self.model_info = Label(label="model")
         self.model_info.native.setWordWrap(True)
-        self.run_info = Label(label="runs")
-        self.run_info.native.setWordWrap(True)
+        self.run_info = fixed_lines(Label(), 3)
         self.run_info.tooltip = "device and settings measured for this machine (napari-unet info)"
         self.load_button = PushButton(text="Load model from file...")
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
@@ -56,12 +55,12 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = row(self.segment_button, self.cancel_button)
         self.progress = ProgressBar(value=0, max=1, visible=False)
-        self.status = Label()
+        self.status = fixed_lines(Label(), 2)
         super().__init__(
             widgets=[
                 self.image_layer,
                 self.model_info,
-                self.run_info,
+                column(self.run_info),
                 self.load_button,
                 self.show_probabilities,
                 buttons,
