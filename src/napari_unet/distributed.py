@@ -245,7 +245,7 @@ def connect(cluster: Any, workers: int | None = None):
         local = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True)
         return Client(local), True
     try:
-        return Client(str(cluster), timeout="10s"), False
+        return Client(str(cluster), timeout="5s"), False
     except (OSError, TimeoutError) as error:
         raise ValueError(f"cannot reach the dask scheduler at {cluster}: {error}") from None
 
