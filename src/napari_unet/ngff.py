@@ -257,7 +257,7 @@ def check_output_root(target: LabelTarget) -> None:
     if isinstance(node, zarr.Array):
         raise ValueError(f"--out {root} is a zarr array, not an OME-Zarr group")
     attrs = _ngff_attrs(node)
-    if "multiscales" not in attrs and "labels" not in attrs and list(node.keys()):
+    if "multiscales" not in attrs and "labels" not in node and list(node.keys()):
         raise ValueError(f"--out {root} is a zarr group that is not an OME-Zarr image")
 
 
