@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.base_channels, args.depth, args.block_size = 256, 4, 2, 64
+        args.tile_size = args.tile_size or 92  # no measurement of the machine
     try:
         args.worker_counts = [int(n) for n in args.workers.split(",")]
     except ValueError:
