@@ -152,7 +152,8 @@ def main(argv=None) -> int:
 
         crop = zarr.open_array(str(image_path / "s0"), mode="r")[:512, :512]
         settings = {"precision": args.precision, "batch_size": args.batch_size,
-                    "tile_size": args.tile_size, "device": "cpu"}  # fmt: skip
+                    "tile_size": args.tile_size, "device": "cpu",
+                    "channels_last": False if args.smoke else None}  # fmt: skip
         threshold = float(np.median(predict(model, crop, **settings)[1]))
         threads = args.threads or max(args.worker_counts)
         seconds, single = single_process(
@@ -192,7 +193,7 @@ def report(rows: list[dict], args, objects: int) -> None:
         efficiency = f"{one / (n * r['seconds']):.2f}" if n and one else "-"
         peak = r.get("peak_mib") or max(r["worker_peak_mib"])
         speed = base / r["seconds"]
-        print(f"| {r['case']} | {r['seconds']:.1f} | {r['mpx_per_s']:.2f} | {speed:.2f} | "
+        print(f"| {r['case']} | {r['seconds']:.1f} | {r['mpx_per_s']:.3f} | {speed:.2f} | "
               f"{efficiency} | {r['identical']} | {peak:.0f} |")  # fmt: skip
 
 

@@ -26,7 +26,9 @@ from napari_unet.model_io import save_model
 pytest.importorskip("distributed")
 pytest.importorskip("ome_zarr")
 
-EXACT = {"precision": "fp32", "device": "cpu", "tile_size": 92, "batch_size": 3}
+# every setting given: nothing is measured; fp32 (bf16, the CPU default, is not exact)
+EXACT = {"precision": "fp32", "device": "cpu", "tile_size": 92, "batch_size": 3,
+         "channels_last": False}  # fmt: skip
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -232,3 +234,22 @@ def test_bad_input_one_sentence_and_nothing_changed(data, tmp_path, capsys):
     assert np.array_equal(zarr.open_array(str(image_path / "labels" / "unet" / "0"))[...], labels)
     assert main([*base, "--out", str(image_path), "--threshold", "0.6", "--overwrite"]) == 0
     assert "labels written" in capsys.readouterr().out
+
+
+def test_ngff_04_five_axes_with_channels_keeps_axes_scale_and_units(data, tmp_path):
+    rgb = tiny(in_channels=2, seed=2)
+    model_path = save_model(rgb, tmp_path / "two.safetensors")
+    image = np.stack([blobs((120, 100), 0), blobs((120, 100), 1)])[None, :, None]  # t c z y x
+    image_path = write_ome(tmp_path / "image.zarr", image, "tczyx", version="0.4")
+    source = ngff.open_source(image_path)
+    assert source.axes == ("t", "c", "z", "y", "x") and source.version == "0.4"
+    assert source.scale == (1.0, 1.0, 1.0, 0.5, 0.25)
+    target = segment_dataset(image_path, model_path, image_path, block_size=48, **EXACT)
+    expected = segment(rgb, image[0, :, 0], channel_axis=0, **EXACT)
+    labels = target.level0(mode="r")
+    assert labels.shape == (1, 1, 120, 100)
+    assert np.array_equal(labels[0, 0], expected) and expected.max() > 0
+    multiscale = zarr.open_group(str(image_path / "labels" / "unet")).attrs["multiscales"][0]
+    assert [a["name"] for a in multiscale["axes"]] == ["t", "z", "y", "x"]
+    assert multiscale["axes"][-1]["unit"] == "micrometer"
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [1, 1, 0.5, 0.25]

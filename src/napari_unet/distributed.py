@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,8 @@ def connect(cluster: Any, workers: int | None = None):
     """
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and cluster != "local":
+        raise ValueError("--workers sets the size of a local cluster; use it with --cluster local")
     if cluster is None or cluster == "none":
         return None, False
     from distributed import Client, LocalCluster
@@ -441,8 +443,3 @@ def _load_summaries(path: Path) -> dict:
             index, field = key.split("/")
             summaries.setdefault(int(index), {})[field] = data[key]
     return summaries
-
-
-def run_settings(plan: Plan) -> dict:
-    """The plan's settings as a plain dict (for reports)."""
-    return {**dict(plan.settings), **asdict(plan.grid)}
