@@ -253,3 +253,14 @@ def test_ngff_04_five_axes_with_channels_keeps_axes_scale_and_units(data, tmp_pa
     assert [a["name"] for a in multiscale["axes"]] == ["t", "z", "y", "x"]
     assert multiscale["axes"][-1]["unit"] == "micrometer"
     assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [1, 1, 0.5, 0.25]
+
+
+def test_tiff_input_into_a_new_ome_zarr(data, tmp_path):
+    import tifffile
+
+    tiff = tmp_path / "image.tif"
+    tifffile.imwrite(tiff, data["image"], tile=(64, 64))
+    target = run(data, tiff, tmp_path / "out.zarr")
+    assert np.array_equal(target.level0(mode="r")[...], data["reference"])
+    into_tiff = ["segment", str(tiff), "--model", str(data["model_path"]), "--out", str(tiff)]
+    assert main(into_tiff) == 2

@@ -42,6 +42,7 @@ class ImageSource:
         units: unit per axis name (NGFF ``unit``), e.g. {"y": "micrometer"}.
         version: NGFF version ("0.4", "0.5") or None for a bare zarr array.
         channel_axis: axis of the channels; None: the channel rule decides.
+        kind: "zarr" or "tiff" (a TIFF file read through tifffile's zarr store).
     """
 
     store: str
@@ -52,11 +53,16 @@ class ImageSource:
     units: tuple[tuple[str, str], ...] = ()
     version: str | None = None
     channel_axis: int | None = None
+    kind: str = "zarr"
 
     def open(self):
         """The full-resolution array, read-only (zarr; nothing is read yet)."""
         import zarr
 
+        if self.kind == "tiff":
+            import tifffile
+
+            return zarr.open_array(tifffile.imread(self.store, aszarr=True, level=0), mode="r")
         return zarr.open_array(store=self.store, path=self.array_path or None, mode="r")
 
     def image(self):
@@ -87,15 +93,22 @@ class ImageSource:
 
 
 def open_source(path: str | Path, *, channel_axis: int | None = None) -> ImageSource:
-    """Describe the image at ``path``: an OME-Zarr image (NGFF 0.4/0.5) or a zarr array.
+    """Describe the image at ``path``: an OME-Zarr image (NGFF 0.4/0.5), a zarr array or
+    a TIFF file (its first series, level 0, read tile by tile where the file is tiled).
 
     Raises:
-        ValueError: no zarr there, a zarr group that is not an OME-Zarr image (e.g. a
-            plate), or an image with both a ``t`` and a ``z`` axis longer than 1.
+        ValueError: no zarr or TIFF there, a zarr group that is not an OME-Zarr image
+            (e.g. a plate), or an image with both a ``t`` and a ``z`` axis longer than 1.
     """
     import zarr
 
     path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
+        try:
+            shape = tuple(ImageSource(str(path), "", (), kind="tiff").open().shape)
+        except Exception as error:  # tifffile raises many types for damaged files
+            raise ValueError(f"cannot read TIFF {path}: {error}") from None
+        return ImageSource(str(path), "", shape, channel_axis=channel_axis, kind="tiff")
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception:  # zarr raises several types for a missing or damaged store

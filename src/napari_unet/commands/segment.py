@@ -1,5 +1,5 @@
-"""``napari-unet segment``: segment a whole OME-Zarr image (or zarr array) block by block,
-in this process or on a dask.distributed cluster, into NGFF labels.
+"""``napari-unet segment``: segment a whole OME-Zarr image (or a zarr array, a TIFF file)
+block by block, in this process or on a dask.distributed cluster, into NGFF labels.
 
 The labels go to OUT's ``labels/NAME`` group (OUT may be the input itself, to add the
 labels to the image's own labels group; napari-ome-zarr then opens both together), with
@@ -24,7 +24,9 @@ def register(subparsers) -> None:
         help="segment a whole OME-Zarr image block by block (optionally on a dask cluster)",
         description=__doc__.replace("``", ""),
     )
-    parser.add_argument("input", type=Path, help="OME-Zarr image (NGFF 0.4/0.5) or zarr array")
+    parser.add_argument(
+        "input", type=Path, help="OME-Zarr image (NGFF 0.4/0.5), zarr array or TIFF file"
+    )
     parser.add_argument("--model", required=True, help="model file (.safetensors)")
     parser.add_argument(
         "--out", required=True, type=Path, help="OME-Zarr folder for the labels (may be INPUT)"
