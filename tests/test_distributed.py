@@ -264,3 +264,27 @@ def test_tiff_input_into_a_new_ome_zarr(data, tmp_path):
     assert np.array_equal(target.level0(mode="r")[...], data["reference"])
     into_tiff = ["segment", str(tiff), "--model", str(data["model_path"]), "--out", str(tiff)]
     assert main(into_tiff) == 2
+
+
+def test_blocks_run_exactly_the_batches_of_the_whole_image_pass(data, tmp_path, monkeypatch):
+    """A network's output may differ in the last bits with the batch size (CPU kernels
+    for one tile differ from those for several), so the blocks must run the same
+    batches of tiles as the whole-image pass, not batches of their own."""
+    from napari_unet.predictor import Predictor
+
+    batches = []
+    forward = Predictor._forward
+
+    def record(self, plane, tiles, lo_hi, check_finite):
+        batches.append(tuple((t.out_rows.start, t.out_cols.start) for t in tiles))
+        return forward(self, plane, tiles, lo_hi, check_finite)
+
+    monkeypatch.setattr(Predictor, "_forward", record)
+    settings = {**EXACT, "batch_size": 4}
+    segment(data["model"], data["image"], threshold=data["threshold"], **settings)
+    whole = set(batches)
+    batches.clear()
+    image_path = write_ome(tmp_path / "image.zarr", data["image"], "yx")
+    run(data, image_path, image_path, **settings)
+    assert len(whole) > 4 and any(len(b) < 4 for b in whole)  # a short last batch
+    assert set(batches) == whole  # every block batch is a whole-image batch, and all ran
