@@ -142,7 +142,7 @@ def test_worker_killed_mid_run_recomputes_its_blocks(data, client, tmp_path):
 
         def transition(self, key, start, finish, **kwargs):
             name = key[0] if isinstance(key, tuple) else str(key)
-            if finish == "executing" and "_run_band" in name and not os.path.exists(self.flag):
+            if finish == "executing" and "run_band" in name and not os.path.exists(self.flag):
                 open(self.flag, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
 

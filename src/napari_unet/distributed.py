@@ -7,8 +7,8 @@ equal :func:`napari_unet.inference.segment` on the whole image, id for id:
 * the client computes each plane's normalisation percentiles once (the same
   :func:`~napari_unet.normalization.percentile_range` call as the whole-image pass) and
   chooses the run settings (tile, batch, precision) once, so every worker runs the same;
-* a **band** task (:func:`_run_band`) runs the whole-image pass's own tile batches
-  (:meth:`Predictor.forward_tiles <napari_unet.predictor.Predictor.forward_tiles>`) for
+* a **band** task (:func:`~napari_unet.block_tasks.run_band`) runs the whole-image
+  pass's own tile batches (:meth:`~napari_unet.predictor.Predictor.forward_tiles`) for
   the tile rows it owns, each tile reading its exact context margin from the image
   (mirrored at the image's edges only), thresholds the foreground and labels its blocks
   (:func:`napari_unet.block_labels.label_block`), writing block-local ids to a scratch
@@ -18,11 +18,11 @@ equal :func:`napari_unet.inference.segment` on the whole image, id for id:
   each block of level 0; :func:`napari_unet.ngff.finish_labels` adds the pyramid and the
   NGFF metadata.
 
-Every worker process loads the model once (:func:`_predictor`). Each finished task leaves
-a marker in ``OUT/.napari-unet-work/<name>``, so re-running the same command after an
-interruption skips finished blocks; tasks are idempotent, so a killed worker's blocks
-are simply recomputed elsewhere by dask. The work folder is removed when the labels are
-complete.
+Every worker process loads the model once (:func:`~napari_unet.block_tasks.predictor`).
+Each finished task leaves a marker in ``OUT/.napari-unet-work/<name>``, so re-running
+the same command after an interruption skips finished blocks; tasks are idempotent, so a
+killed worker's blocks are simply recomputed elsewhere by dask. The work folder is
+removed when the labels are complete.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +39,11 @@ import numpy as np
 
 from . import block_labels, ngff
 from .block_labels import BandGrid
+from .block_tasks import Plan, run_band, write_block
 
 WORK_FOLDER = ".napari-unet-work"
 DEFAULT_BLOCK_SIZE = 1024  # px: blocks of about 1024 x 1024 px per task
 CLUSTERS = ("none", "local")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a task needs (picklable; sent once per task)."""
-
-    source: ngff.ImageSource
-    target: ngff.LabelTarget
-    model_path: str
-    settings: tuple[tuple[str, Any], ...]  # Predictor.prepare arguments
-    lo_hi: tuple  # per plane: (lo, hi) float32 arrays (C, 1, 1)
-    task: str
-    threshold: float
-    expand: int
-    min_size: int
-    grid: BandGrid
-    work: str
-
-    def marker(self, kind: str, z: int, index: int) -> Path:
-        return Path(self.work) / kind / f"{z}_{index}.npz"
 
 
 # -- the Python function ---------------------------------------------------------------
@@ -138,6 +118,8 @@ def segment_dataset(
 def _plan(image, model, out, name, channel_axis, block_size, threshold, expand, min_size,
           settings) -> tuple[Plan, dict]:  # fmt: skip
     """Validate everything (nothing written) and fix the run: settings, percentiles."""
+    import dask
+
     from .inference import SETTINGS, as_planes
     from .model_io import load_model
     from .normalization import percentile_range
@@ -171,7 +153,8 @@ def _plan(image, model, out, name, channel_axis, block_size, threshold, expand, 
     target = ngff.label_target(source, spatial, out, name, grid.block_shape)
     ngff.check_output_root(target)
     low, high = net.info.normalization["low"], net.info.normalization["high"]
-    lo_hi = tuple(percentile_range(planes[z], low, high) for z in range(len(planes)))
+    with dask.config.set(scheduler="threads"):  # here: the input may not be picklable
+        lo_hi = tuple(percentile_range(planes[z], low, high) for z in range(len(planes)))
     if not all(np.isfinite(np.concatenate(r)).all() for r in lo_hi):
         raise ValueError("the image contains NaN or infinite pixels")
     run = {
@@ -279,7 +262,7 @@ def _execute(plan: Plan, client, on_progress, notify) -> None:
     done = 0
     on_progress(done, total)
     summaries: dict = {}
-    for item, result in _map(client, _run_band, plan, bands):
+    for item, result in _map(client, run_band, plan, bands):
         summaries[item] = result
         done += 1
         on_progress(done, total)
@@ -299,7 +282,7 @@ def _execute(plan: Plan, client, on_progress, notify) -> None:
         next_id += count
         shared = _share(client, (table, offsets))
         jobs.extend((z, block, shared) for block in range(n_blocks))
-    for _ in _map(client, _write_block, plan, jobs):
+    for _ in _map(client, write_block, plan, jobs):
         done += 1
         on_progress(done, total)
 
@@ -333,113 +316,3 @@ def _finish(plan: Plan, run: dict, client) -> None:
     work_root = Path(plan.work).parent
     if work_root.exists() and not any(work_root.iterdir()):
         work_root.rmdir()
-
-
-# -- tasks (run on workers) ----------------------------------------------------------------
-_WORKER_STATE: dict = {}
-
-
-def _predictor(plan: Plan):
-    """(predictor, planes) for this process, loaded once per model and settings."""
-    key = (plan.model_path, plan.settings, plan.source)
-    if key not in _WORKER_STATE:
-        from .inference import as_planes
-        from .model_io import load_model
-        from .predictor import Predictor
-
-        _WORKER_STATE.clear()
-        predictor = Predictor.prepare(load_model(plan.model_path), **dict(plan.settings))
-        view, axis = plan.source.image()
-        planes, _ = as_planes(view, predictor.model.config.in_channels, axis)
-        _WORKER_STATE[key] = (predictor, planes)
-    return _WORKER_STATE[key]
-
-
-def _run_band(plan: Plan, z: int, band: int) -> dict:
-    """Compute band ``band`` of plane ``z``; returns {block index: summary} (instance)."""
-    import dask
-
-    marker = plan.marker("bands", z, band)
-    if marker.exists():
-        return _load_summaries(marker)
-    with dask.config.set(scheduler="synchronous"):
-        values = _band_pixels(plan, z, band)
-    grid, rows = plan.grid, plan.grid.band_rows(band)
-    summaries = {}
-    if plan.task == "instance":
-        import zarr
-
-        ids_store = zarr.open_array(store=str(Path(plan.work) / "ids"), mode="r+")
-        for index in grid.band_blocks(band):
-            r, c = grid.blocks()[index]
-            local = values[r.start - rows.start : r.stop - rows.start, c]
-            ids, summaries[index] = block_labels.label_block(local, r, c, grid.width)
-            ids_store[z, r, c] = ids
-    else:
-        plan.target.level0()[plan.target.key(z, rows, slice(None))] = values
-    _save_summaries(marker, summaries)
-    return summaries
-
-
-def _band_pixels(plan: Plan, z: int, band: int) -> np.ndarray:
-    """Foreground (instance, bool) or class ids (semantic, int32) of the band's rows,
-    from exactly the batches of tiles the whole-image pass runs."""
-    from .tiling import tile_layout
-
-    predictor, planes = _predictor(plan)
-    plane = planes[z]
-    layout = tile_layout(
-        plane.shape[-2:], dict(plan.settings)["tile_size"], predictor.model.config
-    )
-    tiles, batch = list(layout), predictor.settings.batch_size
-    grid, rows = plan.grid, plan.grid.band_rows(band)
-    own = plan.grid.band_tiles(band)
-    dtype = bool if plan.task == "instance" else np.int32
-    values = np.zeros((rows.stop - rows.start, grid.width), dtype=dtype)
-    for start in range(own.start // batch * batch, own.stop, batch):
-        chunk = tiles[start : start + batch]
-        probs = predictor.forward_tiles(plane, chunk, plan.lo_hi[z])
-        for index, tile, p in zip(range(start, start + batch), chunk, probs):
-            if index not in own:
-                continue
-            p = p[:, tile.crop_rows, tile.crop_cols]
-            top = max(tile.out_rows.start, rows.start)
-            bottom = min(tile.out_rows.stop, rows.stop)
-            p = p[:, top - tile.out_rows.start : bottom - tile.out_rows.start]
-            where = (slice(top - rows.start, bottom - rows.start), tile.out_cols)
-            values[where] = p[1] > plan.threshold if dtype is bool else np.argmax(p, axis=0)
-    return values
-
-
-def _write_block(plan: Plan, z: int, block: int, shared) -> None:
-    """Final ids of one block of plane ``z`` into level 0 of the labels."""
-    import zarr
-
-    marker = plan.marker("written", z, block)
-    if marker.exists():
-        return
-    table, offsets = shared
-    ids = zarr.open_array(store=str(Path(plan.work) / "ids"), mode="r")
-    window = block_labels.final_window(
-        lambda r, c: ids[z, r, c], plan.grid, block, table, offsets, plan.expand
-    )
-    rows, cols = plan.grid.blocks()[block]
-    plan.target.level0()[plan.target.key(z, rows, cols)] = window.astype(np.int32)
-    _save_summaries(marker, {})
-
-
-def _save_summaries(path: Path, summaries: dict) -> None:
-    """Write the summaries of a band (marker of a finished task) atomically."""
-    arrays = {f"{i}/{key}": value for i, s in summaries.items() for key, value in s.items()}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
-
-
-def _load_summaries(path: Path) -> dict:
-    summaries: dict = {}
-    with np.load(path) as data:
-        for key in data.files:
-            index, field = key.split("/")
-            summaries.setdefault(int(index), {})[field] = data[key]
-    return summaries
