@@ -4,6 +4,7 @@ interruption, NGFF metadata read back by ome-zarr-py, bad input changing nothing
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -253,6 +254,8 @@ def test_ngff_04_five_axes_with_channels_keeps_axes_scale_and_units(data, tmp_pa
     assert [a["name"] for a in multiscale["axes"]] == ["t", "z", "y", "x"]
     assert multiscale["axes"][-1]["unit"] == "micrometer"
     assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [1, 1, 0.5, 0.25]
+    zarray = json.loads((image_path / "labels" / "unet" / "0" / ".zarray").read_text())
+    assert zarray["dimension_separator"] == "/"  # NGFF 0.4 asks for nested chunk keys
 
 
 def test_tiff_input_into_a_new_ome_zarr(data, tmp_path):

@@ -294,7 +294,7 @@ def create_labels(target: LabelTarget, dtype, *, overwrite: bool, run: dict) -> 
         chunks=target.chunks,
         dtype=dtype,
         fill_value=0,
-        **({"dimension_names": list(target.axes)} if fmt.zarr_format == 3 else {}),
+        **_array_options(fmt, target.axes),
     )
 
 
@@ -319,7 +319,7 @@ def finish_labels(target: LabelTarget, run: dict) -> None:
             del group[path]
         array = group.create_array(
             path, shape=level.shape, chunks=target.chunks, dtype=level.dtype, fill_value=0,
-            **({"dimension_names": list(target.axes)} if fmt.zarr_format == 3 else {}),
+            **_array_options(fmt, target.axes),
         )  # fmt: skip
         da.store(level.rechunk(target.chunks), array, lock=False)
         level = da.from_zarr(array)
@@ -338,6 +338,13 @@ def finish_labels(target: LabelTarget, run: dict) -> None:
     if target.name not in names:
         add_metadata(labels, {"labels": [*names, target.name]}, fmt)
     group.attrs[RUN_KEY] = {**run, "complete": True}
+
+
+def _array_options(fmt, axes) -> dict:
+    """NGFF 0.5: zarr v3 dimension names; NGFF 0.4: "/" as chunk key separator."""
+    if fmt.zarr_format == 3:
+        return {"dimension_names": list(axes)}
+    return {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
 
 
 def _dataset(path: str, scale: np.ndarray) -> dict:
