@@ -185,7 +185,11 @@ def _target(image_path: Path) -> ngff.LabelTarget:
 def test_stacks_and_semantic_models_in_one_process(data, tmp_path):
     stack = np.stack([blobs((150, 130), seed) for seed in range(3)])
     image_path = write_ome(tmp_path / "stack.zarr", stack, "zyx")
-    target = run(data, image_path, image_path)
+    steps = []
+    target = run(data, image_path, image_path, on_progress=lambda *step: steps.append(step))
+    done, totals = [d for d, _ in steps], {t for _, t in steps}
+    assert done == sorted(done) and done[0] == 0 and len(totals) == 1
+    assert done[-1] == totals.pop() == len(steps) - 1  # one step per task, bands and writes
     expected = segment(data["model"], stack, threshold=data["threshold"], **EXACT)
     assert expected.max() > 10
     assert np.array_equal(target.level0(mode="r")[...], expected)
