@@ -7,7 +7,11 @@ images, a tiny network and a few iterations keep the whole file fast.
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -23,12 +27,23 @@ from napari_unet.sample_data import make_sample
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 from napari_unet.widgets import _dialogs, jobs
+from napari_unet.widgets._workers import end_all_jobs
 from napari_unet.widgets.model_store import model_store
 from napari_unet.widgets.segment_widget import SegmentWidget
 from napari_unet.widgets.train_widget import TrainWidget
 from napari_unet.widgets.weight_map_widget import WeightMapWidget
 
-WAIT_MS = 60_000
+#: longest wait for a job: generous, since the work is bounded (steps, tiles), not the time
+WAIT_MS = 300_000
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def end_running_jobs(make_napari_viewer):
+    """After each test, passed or failed, end the jobs it left running (before its
+    viewers close), so that one failure does not spill into the next tests."""
+    yield
+    assert end_all_jobs() == 0, "a job's thread did not end"
 
 
 @pytest.fixture
@@ -90,6 +105,145 @@ def test_widget_opens_through_the_manifest(make_napari_viewer, display_name, wid
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", display_name)
     assert isinstance(widget, widget_type)
+
+
+def open_from_menu(viewer, display_name: str):
+    """Open a widget as napari's Plugins menu does: (dock, widget)."""
+    return viewer.window.add_plugin_dock_widget("napari-unet", display_name)
+
+
+def test_widgets_opened_from_the_menu_share_the_viewers_model(make_napari_viewer):
+    """napari gives each widget its own proxy of the viewer: one store all the same."""
+    viewer, other = make_napari_viewer(), make_napari_viewer()
+    _, train = open_from_menu(viewer, "Train U-Net")
+    _, segment = open_from_menu(viewer, "Segment")
+    _, elsewhere = open_from_menu(other, "Segment")
+    assert train.viewer is not segment.viewer  # two proxies...
+    assert train.store is segment.store is model_store(viewer)  # ...of one viewer
+    assert elsewhere.store is not train.store
+    train.store.set(tiny_model(), "test")
+    assert "test" in segment.model_info.value
+    assert "no model" in elsewhere.model_info.value
+
+
+def test_train_segment_weight_map_through_the_menu(sample_viewer, qtbot, tiny_preset):
+    """The user's path with the widgets opened from the Plugins menu, clicks only."""
+    _, train = open_from_menu(sample_viewer, "Train U-Net")
+    _, segment = open_from_menu(sample_viewer, "Segment")
+    _, weights = open_from_menu(sample_viewer, "Weight map")
+    train.preset.value = tiny_preset
+    with qtbot.waitSignal(train.store.changed, timeout=WAIT_MS):
+        train.train_button.native.click()
+    qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
+    assert "trained on 'cells'" in segment.model_info.value
+
+    segment.segment_button.native.click()
+    assert segment.busy
+    qtbot.waitUntil(lambda: not segment.busy, timeout=WAIT_MS)
+    assert sample_viewer.layers["cells segmentation"].data.shape == (128, 128)
+    assert "objects in 'cells segmentation'" in segment.status.value
+
+    weights.show_button.native.click()
+    qtbot.waitUntil(lambda: not weights.busy, timeout=WAIT_MS)
+    expected = weight_map(sample_viewer.layers["cells labels"].data, w0=10, sigma=5)
+    layer = sample_viewer.layers["cells labels weight map"]
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-6)
+
+
+def start_endless_training(viewer, qtbot, preset: str):
+    """Open Train from the menu and train with a budget it will not reach; (dock, widget)."""
+    dock, train = open_from_menu(viewer, "Train U-Net")
+    train.preset.value = preset
+    train.budget_unit.value = "iterations"
+    train.budget.value = 1_000_000
+    records = []
+    train.train()
+    train._worker.yielded.connect(records.append)
+    qtbot.waitUntil(lambda: len(records) >= 3, timeout=WAIT_MS)
+    return dock, train
+
+
+def test_removing_the_train_dock_stops_training(sample_viewer, qtbot, tiny_preset):
+    dock, train = start_endless_training(sample_viewer, qtbot, tiny_preset)
+    worker = train._worker
+    sample_viewer.window.remove_dock_widget(dock)
+    assert not worker.is_running  # the thread was waited for
+    assert not train.busy and train.train_button.enabled and not train.stop_button.enabled
+    assert "stopped" in train.status.value
+    assert model_store(sample_viewer).model is None  # the run was dropped
+    qtbot.wait(100)  # what the worker sent before it ended reaches nobody
+    assert "stopped" in train.status.value
+
+
+def test_removing_the_segment_dock_cancels_segmentation(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((8, 300, 300), np.float32), name="big")
+    model_store(viewer).set(tiny_model(), "test")
+    before = snapshot(viewer)
+    dock, segment = open_from_menu(viewer, "Segment")
+    segment.segment()
+    worker = segment._worker
+    qtbot.waitUntil(lambda: worker.is_running, timeout=WAIT_MS)
+    viewer.window.remove_dock_widget(dock)
+    assert not worker.is_running and not segment.busy
+    qtbot.wait(100)
+    assert_unchanged(viewer, before)
+
+
+def test_closing_the_viewer_while_training_ends_the_thread(sample_viewer, qtbot, tiny_preset):
+    _, train = start_endless_training(sample_viewer, qtbot, tiny_preset)
+    worker = train._worker
+    sample_viewer.close()
+    assert not worker.is_running
+    qtbot.wait(200)  # deferred deletion of the window; queued signals of the worker
+
+
+CLOSE_MID_TRAINING = """
+import time
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_unet.sample_data import make_sample
+from napari_unet.training import PRESETS
+
+PRESETS["tiny"] = PRESETS["fast"].replace(
+    base_channels=4, depth=2, tile_size=124, batch_size=2, minutes=None,
+    iterations=1_000_000, val_every=20, val_every_s=None, preview_every_s=0.2,
+)
+viewer = napari.Viewer(show=True)
+image, labels = make_sample((128, 128), n_objects=10, seed=1)
+viewer.add_image(image, name="cells")
+viewer.add_labels(labels, name="cells labels")
+_, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train U-Net")
+train.preset.value = "tiny"
+records = []
+train.train()
+worker = train._worker
+worker.yielded.connect(records.append)
+app = QApplication.instance()
+while len(records) < 5:
+    app.processEvents()
+viewer.close()
+for _ in range(100):  # the window is deleted; anything queued is delivered
+    app.processEvents()
+    time.sleep(0.01)
+print("thread ended:", not worker.is_running, flush=True)
+"""
+
+
+def test_closing_the_viewer_while_training_in_a_script(tmp_path):
+    """As a script or notebook does: no error printed, the process lives on, the thread ends.
+
+    (A Qt slot that raises makes PyQt abort the process; pytest-qt would catch it.)
+    """
+    script = tmp_path / "close_mid_training.py"
+    script.write_text(CLOSE_MID_TRAINING)
+    env = {**os.environ, "PYTHONPATH": SRC, "QT_API": "pyqt6"}
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    assert "thread ended: True" in run.stdout
+    assert "Traceback" not in run.stderr and "deleted" not in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize(
