@@ -28,7 +28,7 @@ from napari_unet.sample_data import make_sample
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 from napari_unet.widgets import _dialogs, jobs, segment_widget
-from napari_unet.widgets._workers import end_all_jobs
+from napari_unet.widgets._workers import end_all_jobs, start_job
 from napari_unet.widgets.model_store import model_store
 from napari_unet.widgets.segment_widget import SegmentWidget
 from napari_unet.widgets.train_widget import TrainWidget
@@ -271,6 +271,22 @@ def test_sample_data_opens_through_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-unet", "touching_cells")
     assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"]
+
+
+def test_a_job_failing_with_a_runtime_error_reports_it_and_finishes(
+    make_napari_viewer, qtbot, notifications
+):
+    """torch raises RuntimeErrors; napari's worker would take one for a deleted Qt object,
+    only warn, and never say finished (the widget would stay busy)."""
+
+    def failing():
+        yield 1
+        raise RuntimeError("not enough memory")
+
+    finished = []
+    start_job(failing, on_finish=lambda: finished.append(1), error_prefix="training failed")
+    qtbot.waitUntil(lambda: bool(finished), timeout=30_000)
+    assert any(text == "training failed: not enough memory" for _, text in notifications)
 
 
 # -- weight map ---------------------------------------------------------------------------
