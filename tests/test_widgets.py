@@ -588,12 +588,15 @@ def test_ui_stays_responsive_while_training(
 ):
     """No event-loop stall between the first and the last training step.
 
-    A stall is a gap between two ticks of a 10 ms QTimer longer than 100 ms, or
-    than twice the 99th percentile of the gaps where this machine repaints more
-    slowly than that (a loaded 2-core machine under Xvfb: p99 about 90 ms with
-    the window shown). A stall is one long gap, which the percentile does not
-    follow: the 300 ms garbage collection below fails the test as long as p99 is
-    under 150 ms.
+    A gap between two ticks of a 10 ms QTimer counts for the time this process
+    was computing in it: min(wall time, the process's CPU time in the gap). A
+    garbage collection holding the GIL in the training thread counts in full;
+    time in which the OS ran other programs (a machine loaded 4 times over its
+    cores gave 350 ms gaps with no work in them) does not. A stall is a gap over
+    100 ms, or over twice the 99th percentile of the gaps where this machine
+    repaints more slowly than that (a loaded 2-core machine under Xvfb: p99 about
+    90 ms with the window shown). The percentile does not follow one long gap:
+    the 300 ms collection below fails the test as long as p99 is under 150 ms.
 
     With the window shown (under Xvfb: OpenGL drawn by Mesa's software renderer)
     the canvas, dock and progress bars repaint during the run; the viewer is
@@ -641,13 +644,13 @@ def test_ui_stays_responsive_while_training(
     viewer.window.add_dock_widget(widget, name="Train U-Net")
     widget.preset.value = tiny_preset
     qtbot.wait(500)  # first paint of the window and the dock
-    ticks: list[float] = []
+    ticks: list[tuple[float, float]] = []
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    received: list[float] = []
+    timer.timeout.connect(lambda: ticks.append(clocks()))
+    received: list[tuple[float, float]] = []
     kinds: set[str] = set()
     widget.train()
-    widget._worker.yielded.connect(lambda record: received.append(time.perf_counter()))
+    widget._worker.yielded.connect(lambda record: received.append(clocks()))
     widget._worker.yielded.connect(lambda record: kinds.update(record))
     timer.start(10)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
@@ -655,32 +658,39 @@ def test_ui_stays_responsive_while_training(
     assert len(received) > STALL_STEPS  # every step, and the final validation
     assert {"val", "preview"} <= kinds and collected
     begin, end = first_step[0], received[-1]
-    assert begin < collected[0][0] < end
-    during = np.array([begin, *(t for t in ticks if begin < t < end), end])
-    gaps = np.diff(during)
+    assert begin[0] < collected[0][0] < end[0]
+    during = np.array([begin, *(t for t in ticks if begin[0] < t[0] < end[0]), end])
+    wall, cpu = np.diff(during, axis=0).T
+    gaps = np.minimum(wall, cpu)
     longest, p99 = float(gaps.max()), float(np.percentile(gaps, 99))
     print(
         f"window {'shown' if shown else 'hidden'}: longest stall {1000 * longest:.0f} ms, "
         f"p99 {1000 * p99:.0f} ms (limit {1000 * max(0.1, 2 * p99):.0f} ms) over "
-        f"{len(received)} steps in {end - begin:.1f} s, "
-        f"{len(during) - 2} ticks; a full garbage collection in the training thread took "
+        f"{len(received)} steps in {end[0] - begin[0]:.1f} s, {len(during) - 2} ticks, "
+        f"longest wall-clock gap {1000 * wall.max():.0f} ms; a full garbage collection in "
+        "the training thread took "
         f"{1000 * (collected[0][1] - collected[0][0]):.0f} ms"
     )
     limit = max(0.100, 2 * p99)
     assert longest < limit, f"the UI stalled for {1000 * longest:.0f} ms"
 
 
-def stamp_first_step(monkeypatch) -> list[float]:
-    """A list that receives the time (training thread) at which the first step ended."""
+def clocks() -> tuple[float, float]:
+    """(wall-clock time, CPU time of the whole process), in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def stamp_first_step(monkeypatch) -> list[tuple[float, float]]:
+    """A list that receives the :func:`clocks` (training thread) at the end of the first step."""
     import napari_unet.training
 
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     train_iter = napari_unet.training.train_iter
 
     def stamped(*args, **kwargs):
         run = train_iter(*args, **kwargs)
         record = next(run)
-        stamps.append(time.perf_counter())
+        stamps.append(clocks())
         yield record
         return (yield from run)
 
