@@ -55,13 +55,13 @@ def test_headless_demo_runs_a_fixed_number_of_steps_with_the_same_result(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.tif", "tmp"]
 
 
-def test_headless_demo_validates_by_steps_not_time():
+def test_headless_demo_validates_once_at_the_end_never_by_time():
     from napari_unet.cli import build_parser
-    from napari_unet.commands.demo import DEMO_STEPS, VALIDATIONS, _settings
+    from napari_unet.commands.demo import DEMO_STEPS, _settings
 
     settings = _settings(build_parser().parse_args(["demo", "--headless"]))
     assert settings.iterations == DEMO_STEPS and settings.minutes is None
-    assert settings.val_every == DEMO_STEPS // VALIDATIONS and settings.val_every_s is None
+    assert settings.val_every is None and settings.val_every_s is None  # once, at the end
 
 
 def test_headless_demo_rejects_a_missing_folder_and_writes_nothing(tmp_path, capsys):
