@@ -1,6 +1,7 @@
 """Screenshots of docs/widgets.md from the real app: ``xvfb-run -a python docs/screenshots.py``.
 
-Writes docs/images/{docked,weight_map,training,segmented}.png. Training uses the
+Writes docs/images/{docked,weight_map,training,segmented}.png (name some of them,
+e.g. ``python docs/screenshots.py docked``, to write only those). Training uses the
 "fast" preset with a 300-step budget and validation every 50 steps, so that the
 loss plot has a few validation points after a minute or two on a laptop CPU.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
+from napari_unet.commands.demo import open_demo
 from napari_unet.sample_data import sample_layers
 from napari_unet.training import PRESETS
 from napari_unet.widgets.segment_widget import SegmentWidget
@@ -48,24 +50,19 @@ def shoot(viewer, app, name: str) -> None:
     print("wrote", path)
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
     OUT.mkdir(exist_ok=True)
     app = QApplication.instance() or QApplication(sys.argv)
     PRESETS["fast"] = PRESETS["fast"].replace(val_every=50, val_every_s=None)
 
-    # 1. the three widgets docked, as `napari-unet demo` opens them
-    viewer = new_viewer()
-    widgets = [
-        (TrainWidget(viewer), "Train U-Net"),
-        (SegmentWidget(viewer), "Segment"),
-        (WeightMapWidget(viewer), "Weight map"),
-    ]
-    for widget, name in widgets:
-        viewer.window.add_dock_widget(widget, name=name, area="right", tabify=True)
-    wait(app, 0.5)
-    viewer.window._dock_widgets["Train U-Net"].raise_()
+    # 1. the three widgets docked: `napari-unet demo` itself
+    viewer = napari.Viewer(title="napari-unet demo")
+    viewer.window.resize(*SIZE)
+    open_demo(viewer)
     shoot(viewer, app, "docked.png")
     viewer.close()
+    if names and not set(names) - {"docked"}:
+        return 0
 
     # 2. the weight map of the sample's labels, with its terms
     viewer = new_viewer()
@@ -107,4 +104,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

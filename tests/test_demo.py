@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,40 @@ def test_headless_demo_trains_segments_writes_and_reports(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": SRC}
     )
     assert run.returncode == 0, run.stderr
-    for what in ("trained:   3 steps", "AP@0.5:", "IoU:", str(out)):
+    for what in ("trained:   3 steps", "AP@0.5:", "good score is 0.8", "IoU:", str(out)):
         assert what in run.stdout
     labels = tifffile.imread(out)
     assert labels.shape == (64, 64) and np.issubdtype(labels.dtype, np.integer)
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left
+
+
+def test_headless_demo_runs_a_fixed_number_of_steps_with_the_same_result(
+    tmp_path, monkeypatch, capsys
+):
+    """A step budget and validation by steps: two runs give the same labels, however
+    long they took; by default they go to the system's temp folder, not the cwd."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--headless", "--iterations", "6", "--size", "64"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    default = tmp_path / "tmp" / "napari-unet-demo" / "labels.tif"
+    assert "trained:   6 steps" in first and f"labels:    {default}" in first
+    assert "total:" in first
+    labels = tifffile.imread(default)
+    assert main([*args, "--out", str(tmp_path / "again.tif")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "again.tif"), labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.tif", "tmp"]
+
+
+def test_headless_demo_validates_once_at_the_end_never_by_time():
+    from napari_unet.cli import build_parser
+    from napari_unet.commands.demo import DEMO_STEPS, _settings
+
+    settings = _settings(build_parser().parse_args(["demo", "--headless"]))
+    assert settings.iterations == DEMO_STEPS and settings.minutes is None
+    assert settings.val_every is None and settings.val_every_s is None  # once, at the end
 
 
 def test_headless_demo_rejects_a_missing_folder_and_writes_nothing(tmp_path, capsys):
@@ -44,3 +74,22 @@ def test_headless_demo_rejects_a_missing_folder_and_writes_nothing(tmp_path, cap
 def test_headless_demo_rejects_an_unknown_preset(capsys):
     assert main(["demo", "--headless", "--preset", "nope"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_gui_demo_opens_on_train_with_the_whole_image_in_view(make_napari_viewer, qtbot):
+    from napari_unet.commands.demo import DEMO_WIDGETS, open_demo
+
+    viewer = open_demo(make_napari_viewer(show=True))
+    qtbot.wait(100)
+    docks = {name.split(" (")[0]: widget for name, widget in viewer.window.dock_widgets.items()}
+    in_sight = {
+        name: not getattr(docks[name], "native", docks[name]).visibleRegion().isEmpty()
+        for name in DEMO_WIDGETS
+    }
+    assert in_sight == {"Train U-Net": True, "Segment": False, "Weight map": False}
+    height, width = viewer.canvas.size
+    image = viewer.layers["cells"]
+    extent = np.asarray(image.extent.world)  # [[y0, x0], [y1, x1]]
+    size, centre = extent[1] - extent[0], extent.mean(axis=0)
+    assert viewer.camera.zoom * size[0] <= height and viewer.camera.zoom * size[1] <= width
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre, atol=1)

@@ -7,7 +7,12 @@ images, a tiny network and a few iterations keep the whole file fast.
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -22,13 +27,24 @@ from napari_unet.model_io import load_model
 from napari_unet.sample_data import make_sample
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
-from napari_unet.widgets import _dialogs, jobs
+from napari_unet.widgets import _dialogs, jobs, segment_widget
+from napari_unet.widgets._workers import end_all_jobs, start_job
 from napari_unet.widgets.model_store import model_store
 from napari_unet.widgets.segment_widget import SegmentWidget
 from napari_unet.widgets.train_widget import TrainWidget
 from napari_unet.widgets.weight_map_widget import WeightMapWidget
 
-WAIT_MS = 60_000
+#: longest wait for a job: generous, since the work is bounded (steps, tiles), not the time
+WAIT_MS = 300_000
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def end_running_jobs(make_napari_viewer):
+    """After each test, passed or failed, end the jobs it left running (before its
+    viewers close), so that one failure does not spill into the next tests."""
+    yield
+    assert end_all_jobs() == 0, "a job's thread did not end"
 
 
 @pytest.fixture
@@ -92,6 +108,145 @@ def test_widget_opens_through_the_manifest(make_napari_viewer, display_name, wid
     assert isinstance(widget, widget_type)
 
 
+def open_from_menu(viewer, display_name: str):
+    """Open a widget as napari's Plugins menu does: (dock, widget)."""
+    return viewer.window.add_plugin_dock_widget("napari-unet", display_name)
+
+
+def test_widgets_opened_from_the_menu_share_the_viewers_model(make_napari_viewer):
+    """napari gives each widget its own proxy of the viewer: one store all the same."""
+    viewer, other = make_napari_viewer(), make_napari_viewer()
+    _, train = open_from_menu(viewer, "Train U-Net")
+    _, segment = open_from_menu(viewer, "Segment")
+    _, elsewhere = open_from_menu(other, "Segment")
+    assert train.viewer is not segment.viewer  # two proxies...
+    assert train.store is segment.store is model_store(viewer)  # ...of one viewer
+    assert elsewhere.store is not train.store
+    train.store.set(tiny_model(), "test")
+    assert "test" in segment.model_info.value
+    assert "no model" in elsewhere.model_info.value
+
+
+def test_train_segment_weight_map_through_the_menu(sample_viewer, qtbot, tiny_preset):
+    """The user's path with the widgets opened from the Plugins menu, clicks only."""
+    _, train = open_from_menu(sample_viewer, "Train U-Net")
+    _, segment = open_from_menu(sample_viewer, "Segment")
+    _, weights = open_from_menu(sample_viewer, "Weight map")
+    train.preset.value = tiny_preset
+    with qtbot.waitSignal(train.store.changed, timeout=WAIT_MS):
+        train.train_button.native.click()
+    qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
+    assert "trained on 'cells'" in segment.model_info.value
+
+    segment.segment_button.native.click()
+    assert segment.busy
+    qtbot.waitUntil(lambda: not segment.busy, timeout=WAIT_MS)
+    assert sample_viewer.layers["cells segmentation"].data.shape == (128, 128)
+    assert "objects in 'cells segmentation'" in segment.status.value
+
+    weights.show_button.native.click()
+    qtbot.waitUntil(lambda: not weights.busy, timeout=WAIT_MS)
+    expected = weight_map(sample_viewer.layers["cells labels"].data, w0=10, sigma=5)
+    layer = sample_viewer.layers["cells labels weight map"]
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-6)
+
+
+def start_endless_training(viewer, qtbot, preset: str):
+    """Open Train from the menu and train with a budget it will not reach; (dock, widget)."""
+    dock, train = open_from_menu(viewer, "Train U-Net")
+    train.preset.value = preset
+    train.budget_unit.value = "iterations"
+    train.budget.value = 1_000_000
+    records = []
+    train.train()
+    train._worker.yielded.connect(records.append)
+    qtbot.waitUntil(lambda: len(records) >= 3, timeout=WAIT_MS)
+    return dock, train
+
+
+def test_removing_the_train_dock_stops_training(sample_viewer, qtbot, tiny_preset):
+    dock, train = start_endless_training(sample_viewer, qtbot, tiny_preset)
+    worker = train._worker
+    sample_viewer.window.remove_dock_widget(dock)
+    assert not worker.is_running  # the thread was waited for
+    assert not train.busy and train.train_button.enabled and not train.stop_button.enabled
+    assert "stopped" in train.status.value
+    assert model_store(sample_viewer).model is None  # the run was dropped
+    qtbot.wait(100)  # what the worker sent before it ended reaches nobody
+    assert "stopped" in train.status.value
+
+
+def test_removing_the_segment_dock_cancels_segmentation(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((8, 300, 300), np.float32), name="big")
+    model_store(viewer).set(tiny_model(), "test")
+    before = snapshot(viewer)
+    dock, segment = open_from_menu(viewer, "Segment")
+    segment.segment()
+    worker = segment._worker
+    qtbot.waitUntil(lambda: worker.is_running, timeout=WAIT_MS)
+    viewer.window.remove_dock_widget(dock)
+    assert not worker.is_running and not segment.busy
+    qtbot.wait(100)
+    assert_unchanged(viewer, before)
+
+
+def test_closing_the_viewer_while_training_ends_the_thread(sample_viewer, qtbot, tiny_preset):
+    _, train = start_endless_training(sample_viewer, qtbot, tiny_preset)
+    worker = train._worker
+    sample_viewer.close()
+    assert not worker.is_running
+    qtbot.wait(200)  # deferred deletion of the window; queued signals of the worker
+
+
+CLOSE_MID_TRAINING = """
+import time
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_unet.sample_data import make_sample
+from napari_unet.training import PRESETS
+
+PRESETS["tiny"] = PRESETS["fast"].replace(
+    base_channels=4, depth=2, tile_size=124, batch_size=2, minutes=None,
+    iterations=1_000_000, val_every=20, val_every_s=None, preview_every_s=0.2,
+)
+viewer = napari.Viewer(show=True)
+image, labels = make_sample((128, 128), n_objects=10, seed=1)
+viewer.add_image(image, name="cells")
+viewer.add_labels(labels, name="cells labels")
+_, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train U-Net")
+train.preset.value = "tiny"
+records = []
+train.train()
+worker = train._worker
+worker.yielded.connect(records.append)
+app = QApplication.instance()
+while len(records) < 5:
+    app.processEvents()
+viewer.close()
+for _ in range(100):  # the window is deleted; anything queued is delivered
+    app.processEvents()
+    time.sleep(0.01)
+print("thread ended:", not worker.is_running, flush=True)
+"""
+
+
+def test_closing_the_viewer_while_training_in_a_script(tmp_path):
+    """As a script or notebook does: no error printed, the process lives on, the thread ends.
+
+    (A Qt slot that raises makes PyQt abort the process; pytest-qt would catch it.)
+    """
+    script = tmp_path / "close_mid_training.py"
+    script.write_text(CLOSE_MID_TRAINING)
+    env = {**os.environ, "PYTHONPATH": SRC, "QT_API": "pyqt6"}
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    assert "thread ended: True" in run.stdout
+    assert "Traceback" not in run.stderr and "deleted" not in run.stderr, run.stderr
+
+
 @pytest.mark.parametrize(
     ("widget_type", "combo", "expected"),
     [
@@ -118,12 +273,28 @@ def test_sample_data_opens_through_the_manifest(make_napari_viewer):
     assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"]
 
 
+def test_a_job_failing_with_a_runtime_error_reports_it_and_finishes(
+    make_napari_viewer, qtbot, notifications
+):
+    """torch raises RuntimeErrors; napari's worker would take one for a deleted Qt object,
+    only warn, and never say finished (the widget would stay busy)."""
+
+    def failing():
+        yield 1
+        raise RuntimeError("not enough memory")
+
+    finished = []
+    start_job(failing, on_finish=lambda: finished.append(1), error_prefix="training failed")
+    qtbot.waitUntil(lambda: bool(finished), timeout=30_000)
+    assert any(text == "training failed: not enough memory" for _, text in notifications)
+
+
 # -- weight map ---------------------------------------------------------------------------
 def test_weight_map_layer_follows_sigma(sample_viewer, qtbot):
     labels = sample_viewer.layers["cells labels"].data
     widget = WeightMapWidget(sample_viewer)
-    qtbot.wait(300)
-    assert "cells labels weight map" not in sample_viewer.layers  # only when asked for
+    assert not widget._debounce.isActive() and not widget.busy  # nothing will come...
+    assert "cells labels weight map" not in sample_viewer.layers  # ...until asked for
     widget.show_button.native.click()
     qtbot.waitUntil(lambda: "cells labels weight map" in sample_viewer.layers, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
@@ -164,8 +335,9 @@ def test_weight_map_of_empty_labels_warns_and_adds_nothing(
     widget = WeightMapWidget(viewer)
     widget.show_button.native.click()
     assert any("empty" in text for _, text in notifications)
-    widget.sigma.value = 3.0
-    qtbot.wait(300)  # the debounced update fires too, and must warn again
+    widget.sigma.value = 3.0  # the debounced update fires too, and must warn again
+    qtbot.waitUntil(lambda: sum("empty" in t for _, t in notifications) == 2, timeout=WAIT_MS)
+    assert not widget.busy
     assert_unchanged(viewer, before)
 
 
@@ -216,6 +388,19 @@ def test_segment_with_a_model_of_other_channels_notifies(sample_viewer, notifica
 
 
 # -- segment ------------------------------------------------------------------------------
+def gated(job, gate: threading.Event):
+    """``job`` that waits for ``gate`` after its first progress report (finishing before a
+    cancel is then impossible, on any machine)."""
+
+    def wrapper(*args, **kwargs):
+        run = job(*args, **kwargs)
+        yield next(run)
+        gate.wait(WAIT_MS / 1000)
+        return (yield from run)
+
+    return wrapper
+
+
 def run_segment(widget: SegmentWidget, qtbot) -> None:
     widget.segment()
     assert widget.busy
@@ -265,17 +450,20 @@ def test_segment_replaces_its_own_layer_and_never_the_users(sample_viewer, qtbot
 
 
 @pytest.mark.parametrize("where", ["dock", "napari progress bar"])
-def test_cancel_segmentation_changes_no_layer(make_napari_viewer, qtbot, where):
+def test_cancel_segmentation_changes_no_layer(make_napari_viewer, qtbot, monkeypatch, where):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((4, 300, 300), np.float32), name="big")
     model_store(viewer).set(tiny_model(), "test")
     before = snapshot(viewer)
+    gate = threading.Event()
+    monkeypatch.setattr(segment_widget, "segment_job", gated(segment_widget.segment_job, gate))
     widget = SegmentWidget(viewer)
     widget.segment()
     if where == "dock":
         widget.cancel_button.native.click()
     else:
         widget._bar.bar.cancel()  # what the Cancel button of napari's activity dock calls
+    gate.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert "cancelled" in widget.status.value
     assert widget.segment_button.enabled and not widget.cancel_button.enabled
@@ -317,12 +505,15 @@ def test_train_stop_save_segment(sample_viewer, qtbot, tiny_preset, tmp_path, mo
     train.train()
     assert train.busy and train.stop_button.enabled
     train._worker.yielded.connect(records.append)
-    qtbot.waitUntil(lambda: len(records) >= 25, timeout=WAIT_MS)
+    qtbot.waitUntil(  # previews come every 0.2 s: wait for one, however fast the steps
+        lambda: len(records) >= 25 and any("preview" in record for record in records),
+        timeout=WAIT_MS,
+    )
     train.stop_button.native.click()
     qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
 
     steps = max(record["iteration"] for record in records)
-    assert 25 <= steps < 1000  # stopped long before the budget
+    assert 25 <= steps < 100_000  # stopped before the budget
     assert any("val" in record for record in records)
     model = model_store(sample_viewer).model
     assert model is not None and model.info.task == "instance"
@@ -387,11 +578,25 @@ def test_new_strokes_reach_the_engine(sample_viewer, qtbot, tiny_preset):
     assert widget._refresh([pair]) is None  # handed over once
 
 
+#: responsiveness test: steps, validation and preview every so many steps, forced collection
+STALL_STEPS, STALL_VAL_EVERY, STALL_PREVIEW_EVERY, STALL_COLLECT_AT = 60, 20, 5, 25
+
+
 @pytest.mark.parametrize("shown", [False, True], ids=["hidden", "shown"])
 def test_ui_stays_responsive_while_training(
     make_napari_viewer, qtbot, tiny_preset, monkeypatch, shown
 ):
-    """Longest event-loop stall between the first and the last training step < 100 ms.
+    """No event-loop stall between the first and the last training step.
+
+    A gap between two ticks of a 10 ms QTimer counts for the time this process
+    was computing in it: min(wall time, the process's CPU time in the gap). A
+    garbage collection holding the GIL in the training thread counts in full;
+    time in which the OS ran other programs (a machine loaded 4 times over its
+    cores gave 350 ms gaps with no work in them) does not. A stall is a gap over
+    100 ms, or over twice the 99th percentile of the gaps where this machine
+    repaints more slowly than that (a loaded 2-core machine under Xvfb: p99 about
+    90 ms with the window shown). The percentile does not follow one long gap:
+    the 300 ms collection below fails the test as long as p99 is under 150 ms.
 
     With the window shown (under Xvfb: OpenGL drawn by Mesa's software renderer)
     the canvas, dock and progress bars repaint during the run; the viewer is
@@ -399,25 +604,38 @@ def test_ui_stays_responsive_while_training(
     starts, so only the training run itself is measured. The run includes
     live-preview refreshes and validations.
 
+    The work is fixed, not the time: 60 steps, a validation every 20 steps and a
+    live preview every 5th step (the engine offers one every step; the others
+    are dropped), so every machine measures the same run, however fast.
+
     A real run of minutes sees full garbage collections in the training thread
     (~300 ms holding the GIL in a napari process, unless the widget freezes the
-    heap); a run this short may not, so the test forces one.
+    heap); a run this short may not, so the test forces one, after step 25. The
+    measured span starts at the first step in the training thread, so a stall
+    there is always inside it.
     """
     preview_prediction = jobs.preview_prediction
+    offered: list[int] = []
+    collected: list[tuple[float, float]] = []  # (start, end) of the forced collection
 
-    collect_s: list[float] = []
-
-    def collecting_preview(*args):
-        if len(steps) >= 60 and not collect_s:  # once, after the first validation
+    def sparse_collecting_preview(*args):
+        offered.append(1)  # training thread: one call per step
+        if len(offered) == STALL_COLLECT_AT:
             start = time.perf_counter()
             gc.collect()
-            collect_s.append(time.perf_counter() - start)
+            collected.append((start, time.perf_counter()))
+        if len(offered) % STALL_PREVIEW_EVERY:
+            return None
         return preview_prediction(*args)
 
-    monkeypatch.setattr(jobs, "preview_prediction", collecting_preview)
+    monkeypatch.setattr(jobs, "preview_prediction", sparse_collecting_preview)
     monkeypatch.setitem(
-        PRESETS, tiny_preset, PRESETS[tiny_preset].replace(iterations=240, val_every=60)
-    )
+        PRESETS, tiny_preset,
+        PRESETS[tiny_preset].replace(
+            iterations=STALL_STEPS, val_every=STALL_VAL_EVERY, preview_every_s=0.0
+        ),
+    )  # fmt: skip
+    first_step = stamp_first_step(monkeypatch)
     image, labels = make_sample((128, 128), n_objects=10, seed=1)
     viewer = make_napari_viewer(show=shown)
     viewer.add_image(image, name="cells")
@@ -426,28 +644,58 @@ def test_ui_stays_responsive_while_training(
     viewer.window.add_dock_widget(widget, name="Train U-Net")
     widget.preset.value = tiny_preset
     qtbot.wait(500)  # first paint of the window and the dock
-    ticks: list[float] = []
+    ticks: list[tuple[float, float]] = []
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    steps: list[float] = []
+    timer.timeout.connect(lambda: ticks.append(clocks()))
+    received: list[tuple[float, float]] = []
     kinds: set[str] = set()
     widget.train()
-    widget._worker.yielded.connect(lambda record: steps.append(time.perf_counter()))
+    widget._worker.yielded.connect(lambda record: received.append(clocks()))
     widget._worker.yielded.connect(lambda record: kinds.update(record))
     timer.start(10)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     timer.stop()
-    during = np.array([t for t in ticks if steps[0] <= t <= steps[-1]])
-    assert len(steps) >= 240 and len(during) > 100
-    assert {"val", "preview"} <= kinds and collect_s
-    gaps = np.diff(during)
+    assert len(received) > STALL_STEPS  # every step, and the final validation
+    assert {"val", "preview"} <= kinds and collected
+    begin, end = first_step[0], received[-1]
+    assert begin[0] < collected[0][0] < end[0]
+    during = np.array([begin, *(t for t in ticks if begin[0] < t[0] < end[0]), end])
+    wall, cpu = np.diff(during, axis=0).T
+    gaps = np.minimum(wall, cpu)
     longest, p99 = float(gaps.max()), float(np.percentile(gaps, 99))
     print(
         f"window {'shown' if shown else 'hidden'}: longest stall {1000 * longest:.0f} ms, "
-        f"p99 {1000 * p99:.0f} ms over {len(steps)} steps, {len(during)} ticks; "
-        f"a full garbage collection in the training thread took {1000 * collect_s[0]:.0f} ms"
+        f"p99 {1000 * p99:.0f} ms (limit {1000 * max(0.1, 2 * p99):.0f} ms) over "
+        f"{len(received)} steps in {end[0] - begin[0]:.1f} s, {len(during) - 2} ticks, "
+        f"longest wall-clock gap {1000 * wall.max():.0f} ms; a full garbage collection in "
+        "the training thread took "
+        f"{1000 * (collected[0][1] - collected[0][0]):.0f} ms"
     )
-    assert longest < 0.100, f"the UI stalled for {1000 * longest:.0f} ms"
+    limit = max(0.100, 2 * p99)
+    assert longest < limit, f"the UI stalled for {1000 * longest:.0f} ms"
+
+
+def clocks() -> tuple[float, float]:
+    """(wall-clock time, CPU time of the whole process), in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def stamp_first_step(monkeypatch) -> list[tuple[float, float]]:
+    """A list that receives the :func:`clocks` (training thread) at the end of the first step."""
+    import napari_unet.training
+
+    stamps: list[tuple[float, float]] = []
+    train_iter = napari_unet.training.train_iter
+
+    def stamped(*args, **kwargs):
+        run = train_iter(*args, **kwargs)
+        record = next(run)
+        stamps.append(clocks())
+        yield record
+        return (yield from run)
+
+    monkeypatch.setattr(napari_unet.training, "train_iter", stamped)
+    return stamps
 
 
 @pytest.mark.parametrize(
@@ -483,12 +731,16 @@ def test_train_and_segment_multichannel_images(
     assert viewer.layers["multi segmentation"].data.shape == (96, 96)
 
 
-def test_live_preview_of_a_semantic_model_shows_class_ids(sample_viewer, qtbot, tiny_preset):
+def test_live_preview_of_a_semantic_model_shows_class_ids(
+    sample_viewer, qtbot, tiny_preset, monkeypatch
+):
     """Scribbles (1 = background, 2 = cells): the preview is a labels layer of class ids + 1."""
     cells = sample_viewer.layers["cells labels"].data
     scribbles = np.zeros_like(cells, dtype=np.int32)
     scribbles[::7] = np.where(cells[::7] > 0, 2, 1)  # every 7th row annotated
     sample_viewer.add_labels(scribbles, name="scribbles")
+    preset = PRESETS[tiny_preset].replace(preview_every_s=0.0)  # every step: on any machine
+    monkeypatch.setitem(PRESETS, tiny_preset, preset)
     widget = TrainWidget(sample_viewer)
     widget.preset.value = tiny_preset
     widget.labels_layer.value = sample_viewer.layers["scribbles"]

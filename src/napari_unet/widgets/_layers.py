@@ -62,6 +62,13 @@ def follow_layers(viewer: Any, container: Container) -> None:
         event.connect(container.reset_choices)
 
 
+def unfollow_layers(viewer: Any, container: Container) -> None:
+    """Undo :func:`follow_layers` (the container's Qt widgets were deleted)."""
+    events = viewer.layers.events
+    for event in (events.inserted, events.removed, events.reordered, events.renamed):
+        event.disconnect(container.reset_choices)
+
+
 def selected(combo: ComboBox, what: str) -> Layer:
     """The combo's layer, or BadChoice naming what is missing."""
     if combo.value is None:

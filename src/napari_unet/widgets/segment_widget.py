@@ -2,7 +2,8 @@
 
 The model is the viewer's current one (just trained in the Train widget, or
 loaded from a file here). The result goes to "<image> segmentation"; running
-again replaces that layer, never a layer the user made or painted on.
+again replaces that layer, never a layer the user made or painted on. Closing
+the dock or the viewer cancels a running segmentation and waits for its thread.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from napari.layers import Image
 from napari.utils.notifications import show_error
 
 from . import _dialogs
-from ._layers import BadChoice, ImageInput, follow_layers, image_input, layer_combo, selected
+from ._layers import (
+    BadChoice,
+    ImageInput,
+    follow_layers,
+    image_input,
+    layer_combo,
+    selected,
+    unfollow_layers,
+)
 from ._layers import show_output as _show_output
 from ._layout import column, fixed_lines, row
+from ._lifetime import WidgetLifetime
 from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
 from .jobs import segment_job
@@ -74,6 +84,7 @@ class SegmentWidget(Container):
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self.store.changed.connect(self._show_model)
+        self._lifetime = WidgetLifetime(self.native, self._gone)
         self._show_model()
 
     @property
@@ -119,6 +130,7 @@ class SegmentWidget(Container):
         self.progress.value = 0
         self.status.value = f"segmenting '{layer.name}'..."
         self.segment_button.enabled, self.cancel_button.enabled = False, True
+        self._lifetime.watch_window()
         self._worker = start_job(
             segment_job,
             model,
@@ -128,9 +140,10 @@ class SegmentWidget(Container):
             on_yield=self._progress,
             on_return=partial(self._show, layer, source, model),
             on_finish=self._finished,
+            on_release=self._close_bar,
             error_prefix="segmentation failed",
         )
-        self._worker.aborted.connect(self._cancelled)
+        self._worker.connect_ui("aborted", self._cancelled)
 
     def cancel(self) -> None:
         """Stop the running segmentation after the current tile; no layer is changed."""
@@ -151,12 +164,30 @@ class SegmentWidget(Container):
 
     def _finished(self) -> None:
         self._worker = None
+        self._show_idle()
+        self._show_model()  # the settings measured on the first run
+
+    def _show_idle(self) -> None:
+        self.progress.visible = False
+        self.segment_button.enabled, self.cancel_button.enabled = True, False
+
+    def _close_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        self.progress.visible = False
-        self.segment_button.enabled, self.cancel_button.enabled = True, False
-        self._show_model()  # the settings measured on the first run
+
+    def _gone(self, destroyed: bool) -> None:
+        """The dock or the viewer was closed: cancel and wait for the thread (no layer added)."""
+        if destroyed:
+            self.store.changed.disconnect(self._show_model)
+            unfollow_layers(self.viewer, self)
+        if self._worker is None:
+            return
+        worker, self._worker = self._worker, None
+        worker.end()
+        if not destroyed:
+            self.status.value = "cancelled: the widget was closed"
+            self._show_idle()
 
     def _show(
         self,

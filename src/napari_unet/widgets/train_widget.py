@@ -6,7 +6,8 @@ with the time left, and every few seconds the current model's prediction for
 the visible part of the image appears in a "<image> preview" layer. Strokes
 painted meanwhile are picked up at the engine's next refresh of its data. Stop
 ends training between two steps; the model then becomes the viewer's current
-model (used by the Segment widget) and can be saved.
+model (used by the Segment widget) and can be saved. Closing the dock or the
+viewer while training runs stops it (the run is dropped) and waits for the thread.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ from ._layers import (
     layer_data,
     selected,
     spatial_shape,
+    unfollow_layers,
 )
 from ._layout import column, fixed_lines, row
+from ._lifetime import WidgetLifetime
 from ._workers import ProgressBar as NapariProgress
 from ._workers import freeze_heap, freeze_new_objects, start_job, thaw_heap
 from .jobs import PreviewSource, train_job
@@ -222,6 +225,7 @@ class TrainWidget(Container):
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self.save_model)
         self.store.changed.connect(self._show_model)
+        self._lifetime = WidgetLifetime(self.native, self._gone)
         self._preset_budget()
         self._show_model()
 
@@ -334,6 +338,7 @@ class TrainWidget(Container):
         self.progress.value, self.progress.visible = 0, True
         self.train_button.enabled, self.stop_button.enabled = False, True
         self._bar = NapariProgress("training U-Net", cancel=self.stop)
+        self._lifetime.watch_window()
         freeze_heap()  # no 300 ms full garbage collections in the training thread
         self._worker = start_job(
             train_job,
@@ -349,6 +354,7 @@ class TrainWidget(Container):
             on_yield=self._on_record,
             on_return=partial(self._trained, pairs),
             on_finish=self._finished,
+            on_release=self._release,
             error_prefix="training failed",
         )
 
@@ -503,6 +509,15 @@ class TrainWidget(Container):
 
     def _finished(self) -> None:
         self._worker = None
+        self.plot.flush()
+        self._show_idle()
+
+    def _show_idle(self) -> None:
+        self.progress.visible = False
+        self.train_button.enabled, self.stop_button.enabled = True, False
+
+    def _release(self) -> None:
+        """End of a run, also one ended by :meth:`_gone`: heap, layer events, napari's bar."""
         thaw_heap()
         for event in self._watched:
             event.disconnect(self._mark_dirty)
@@ -510,9 +525,24 @@ class TrainWidget(Container):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        self.plot.flush()
-        self.progress.visible = False
-        self.train_button.enabled, self.stop_button.enabled = True, False
+
+    def _gone(self, destroyed: bool) -> None:
+        """The dock or the viewer was closed: stop training and wait for its thread.
+
+        The run is dropped (the model is not made current). ``destroyed``: the Qt
+        widgets are gone, so nothing is shown and nothing stays connected to them.
+        """
+        if destroyed:
+            self.store.changed.disconnect(self._show_model)
+            unfollow_layers(self.viewer, self)
+        if self._worker is None:
+            return
+        self._stop_requested = True
+        worker, self._worker = self._worker, None
+        worker.end()
+        if not destroyed:
+            self.status.value = "training stopped: the widget was closed"
+            self._show_idle()
 
     # -- the model ------------------------------------------------------------------------
     def _show_model(self) -> None:

@@ -3,11 +3,13 @@
 ``w(x) = w_c(x) + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))``: touching objects
 should get a bright seam between them. "Show weight map" adds the layer; from
 then on it is recomputed in a thread worker whenever w0, sigma or the labels
-change (the latest request wins).
+change (the latest request wins). Closing the dock or the viewer ends that:
+the running computation is cancelled and its thread waited for.
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Any
 
@@ -17,8 +19,17 @@ from napari.layers import Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
 
-from ._layers import BadChoice, find_output, follow_layers, layer_combo, layer_data, selected
+from ._layers import (
+    BadChoice,
+    find_output,
+    follow_layers,
+    layer_combo,
+    layer_data,
+    selected,
+    unfollow_layers,
+)
 from ._layers import show_output as _show_output
+from ._lifetime import WidgetLifetime
 from ._workers import start_job
 from .jobs import weight_map_job
 
@@ -83,6 +94,7 @@ class WeightMapWidget(Container):
             control.changed.connect(self._schedule)
         self.labels_layer.changed.connect(self._watch_labels)
         self.show_button.changed.connect(self.show_map)
+        self._lifetime = WidgetLifetime(self.native, self._gone)
         self._watch_labels(self.labels_layer.value)
 
     # -- scheduling -----------------------------------------------------------------------
@@ -130,6 +142,7 @@ class WeightMapWidget(Container):
             return
         w0, sigma, components = self.w0.value, self.sigma.value, self.show_components.value
         self.status.value = f"computing the weight map of '{labels.name}'..."
+        self._lifetime.watch_window()
         self._worker = start_job(
             weight_map_job,
             data,
@@ -140,6 +153,20 @@ class WeightMapWidget(Container):
             on_finish=self._finished,
             error_prefix="weight map",
         )
+
+    def _gone(self, destroyed: bool) -> None:
+        """The dock or the viewer was closed: stop following changes, cancel, wait."""
+        self._live = self._rerun = False
+        with contextlib.suppress(RuntimeError):  # the timer may be deleted already
+            self._debounce.stop()
+        if destroyed:
+            self._watch_labels(None)
+            unfollow_layers(self.viewer, self)
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker.end()
+            if not destroyed:
+                self.status.value = "stopped: the widget was closed"
 
     def _finished(self) -> None:
         self._worker = None
