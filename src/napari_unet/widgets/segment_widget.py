@@ -88,7 +88,8 @@ class SegmentWidget(Container):
 
     # -- actions --------------------------------------------------------------------------
     def load_model(self) -> None:
-        """Ask for a model file and make it the current model."""
+        """Ask for a model file or bioimage.io package (zip) and make it the current
+        model (:func:`napari_unet.model_io.load_model` reads both)."""
         from ..model_io import ModelFileError, load_model
 
         path = _dialogs.ask_open_model(self.native)
