@@ -48,6 +48,7 @@ ARCHITECTURE = ("napari_unet.model", "UNet")  # import_from, callable
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript", "onnx")
 ONNX_OPSET = 17
 PACKAGE_FORMAT = 1  # version of our ``config.napari_unet`` block
+COVER_MAX_PX = 512  # the test image is cropped to at most this edge
 
 
 def export_bioimageio(
@@ -67,7 +68,8 @@ def export_bioimageio(
     Args:
         image: a test image, (Y, X) or (C, Y, X) for several channels, any real dtype;
             its top-left tile becomes the test tensors and the cover shows the model's
-            labels of it. None: a generated sample (:func:`napari_unet.sample_data.make_sample`).
+            labels of its top-left 512 x 512 px. None: a generated sample
+            (:func:`napari_unet.sample_data.make_sample`).
         weight_formats: which of :data:`WEIGHT_FORMATS` to include (pytorch_state_dict
             always is: it is the original the others are converted from).
 
@@ -109,6 +111,7 @@ def _test_plane(net: UNet, image: np.ndarray | None) -> np.ndarray:
     if plane.ndim != 3:
         raise ValueError(f"the test image must be (Y, X) or (C, Y, X), got shape {image.shape}")
     net.config.check_channels(plane.shape[0])
+    plane = plane[:, :COVER_MAX_PX, :COVER_MAX_PX]  # the cover needs no more
     tile = _test_tile_size(net)
     pad = [(0, 0)] + [(0, max(0, tile - n)) for n in plane.shape[1:]]
     return np.pad(plane, pad, mode="reflect") if any(p[1] for p in pad) else plane
