@@ -69,6 +69,15 @@ def _write_onnx(net: UNet, example: torch.Tensor, target: Path) -> None:
     )  # fmt: skip
 
 
+def write_samples(folder: Path, raw: np.ndarray, probabilities: np.ndarray) -> None:
+    """The test tensors as TIFF for people (the spec's sample tensors): the raw tile
+    (C, Y, X) and its probabilities (classes, Y, X), batch axis dropped."""
+    import tifffile
+
+    tifffile.imwrite(folder / "sample_input.tif", raw[0], photometric="minisblack")
+    tifffile.imwrite(folder / "sample_output.tif", probabilities[0], photometric="minisblack")
+
+
 def write_cover(net: UNet, plane: np.ndarray, target: Path) -> None:
     """A 2:1 PNG: the test image (left) and the model's labels over it (right)."""
     from skimage.color import label2rgb

@@ -7,7 +7,8 @@ The package (a zip file) holds::
                                  architecture napari_unet.model.UNet(config={...})
     weights_torchscript.pt       torchscript (traced), for tools without napari-unet
     weights.onnx                 onnx (opset 17, dynamic batch and size), likewise
-    test_input.npy/test_output.npy, sample_input.npy
+    test_input.npy, test_output.npy   the test tensors (bioimageio.core reproduces them)
+    sample_input.tif, sample_output.tif   the same, as TIFF for people
     README.md, cover.png, environment.yaml
 
 Tensors: input ``raw`` (batch, channel, y, x), float32 raw intensities; any edge
@@ -141,6 +142,7 @@ def _describe(net: UNet, folder: Path, plane: np.ndarray, **fields: Any):
     raw = plane[None, :, :tile, :tile].copy()
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", _probabilities(net, raw))
+    files.write_samples(folder, raw, np.load(folder / "test_output.npy"))
     weights = files.write_weights(net, folder, raw, fields["weight_formats"])
     files.write_cover(net, plane, folder / "cover.png")
     files.write_readme(net, folder / "README.md", fields["name"], fields["description"])
@@ -200,6 +202,7 @@ def _input_descr(net: UNet, folder: Path):
             ),
         ],
         test_tensor=spec.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=spec.FileDescr(source=folder / "sample_input.tif"),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=[
             spec.ScaleRangeDescr(
@@ -237,6 +240,7 @@ def _output_descr(net: UNet, folder: Path):
             ),
         ],
         test_tensor=spec.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=spec.FileDescr(source=folder / "sample_output.tif"),
         data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
         postprocessing=[spec.SoftmaxDescr(kwargs=spec.SoftmaxKwargs(axis=spec.AxisId("channel")))],
     )
