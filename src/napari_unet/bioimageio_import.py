@@ -152,7 +152,7 @@ def _describe(path: Path, rdf: dict[str, Any]) -> tuple[UNetConfig, ModelInfo, d
     arch = entry.get("architecture")
     found = (arch.get("import_from"), arch.get("callable")) if isinstance(arch, dict) else None
     if found != ARCHITECTURE:
-        needs = ".".join(map(str, found)) if found else f"the architecture {arch!r}"
+        needs = ".".join(map(str, found)) if found else repr(arch)
         raise ModelFileError(
             f"{path} needs the network {needs}, which napari-unet cannot run: it loads only "
             "packages of its own U-Net (napari_unet.model.UNet), as `napari-unet export` writes"
