@@ -98,7 +98,7 @@ def write_cover(net: UNet, plane: np.ndarray, target: Path) -> None:
     imsave(target, (picture * 255).astype(np.uint8), check_contrast=False)
 
 
-def write_readme(net: UNet, target: Path, name: str, description: str) -> None:
+def write_readme(net: UNet, target: Path, name: str, description: str, license: str) -> None:
     """The package's documentation (markdown), with the '## Validation' section the
     spec asks for."""
     info, config = net.info, net.config
@@ -138,7 +138,7 @@ def write_readme(net: UNet, target: Path, name: str, description: str) -> None:
         "",
         "## Licence and citation",
         "",
-        f"Cite the U-Net paper: {PAPER_SHORT}.",
+        f"Licence of this package: {license}. Cite the U-Net paper: {PAPER_SHORT}.",
         "",
     ]
     target.write_text("\n".join(lines), encoding="utf-8")
@@ -165,7 +165,11 @@ def _training_lines(training: dict, history: dict) -> list[str]:
     settings = ", ".join(f"{k} {training[k]}" for k in keys if k in training)
     steps, seconds = history.get("iterations"), history.get("seconds")
     done = f"{steps} steps in {seconds} s" if steps is not None else "steps not recorded"
-    return [f"Trained with napari-unet: {settings}; {done}."]
+    lines = [f"Trained with napari-unet: {settings}; {done}."]
+    for key, label in (("data", "Training data"), ("machine", "Machine")):
+        if training.get(key):
+            lines += ["", f"{label}: {training[key]}."]
+    return lines
 
 
 def _validation_lines(history: dict) -> list[str]:

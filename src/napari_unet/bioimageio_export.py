@@ -145,7 +145,9 @@ def _describe(net: UNet, folder: Path, plane: np.ndarray, **fields: Any):
     files.write_samples(folder, raw, np.load(folder / "test_output.npy"))
     weights = files.write_weights(net, folder, raw, fields["weight_formats"])
     files.write_cover(net, plane, folder / "cover.png")
-    files.write_readme(net, folder / "README.md", fields["name"], fields["description"])
+    files.write_readme(
+        net, folder / "README.md", fields["name"], fields["description"], fields["license"]
+    )
     files.write_environment(folder / "environment.yaml")
     return spec.ModelDescr(
         name=fields["name"],
