@@ -74,12 +74,15 @@ def test_package_describes_the_network_as_the_spec_wants(exported):
     with zipfile.ZipFile(out) as archive:
         rdf = yaml.safe_load(archive.read("rdf.yaml"))
         names = set(archive.namelist())
+        readme = archive.read("README.md").decode()
         test_input = np.load(io.BytesIO(archive.read("test_input.npy")))
         test_output = np.load(io.BytesIO(archive.read("test_output.npy")))
     config = model.config
     assert rdf["format_version"].startswith("0.5")
     assert {"weights.pt", "weights_torchscript.pt", "weights.onnx", "cover.png"} <= names
     assert rdf["cite"][0]["doi"] == "10.1007/978-3-319-24574-4_28"
+    assert rdf["license"] == "CC-BY-4.0" and "## Validation" in readme
+    assert f"foreground > {model.info.postprocess['threshold']}" in readme
     y_in = rdf["inputs"][0]["axes"][2]
     assert y_in["size"] == {"min": config.min_input_size(), "step": config.pool_factor}
     y_out = rdf["outputs"][0]["axes"][2]
