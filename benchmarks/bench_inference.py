@@ -134,8 +134,7 @@ def quick_train(model: UNet, image: np.ndarray, labels: np.ndarray, steps: int, 
             np.ascontiguousarray(padded[None, :, y0 : y0 + tile, x0 : x0 + tile])
         )
         target = torch.from_numpy((labels[y0 : y0 + out, x0 : x0 + out] > 0).astype(np.int64))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(crop)
+        logits = model(crop)  # fp32: bf16 is emulated (slow) on CPUs without native bf16
         loss = torch.nn.functional.cross_entropy(logits.float(), target[None])
         optimizer.zero_grad()
         loss.backward()

@@ -57,3 +57,14 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "m"), "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_cli_precision_override_reaches_the_run(tmp_path, capsys, monkeypatch):
+    write_pairs(tmp_path, ["a", "b"])
+    monkeypatch.setitem(PRESETS, "tiny", TINY.replace(precision="auto"))
+    out = tmp_path / "model.safetensors"
+    argv = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
+    argv += ["--out", str(out), "--iterations", "2", "--preset", "tiny", "--precision", "bf16"]
+    assert main(argv) == 0
+    assert load_model(out).info.training["precision_used"] == "bf16"
+    assert "ran in bf16" in capsys.readouterr().out

@@ -200,3 +200,24 @@ def test_returned_model_carries_the_segmentation_settings_tuned_on_validation(pa
 def test_select_by_must_be_known():
     with pytest.raises(ValueError, match="select_by must be one of"):
         TINY.replace(select_by="loss")
+
+
+def test_training_autocasts_with_the_precision_measured_for_the_machine(pairs, monkeypatch):
+    from napari_unet import hardware
+
+    measured = hardware.Choice(hardware.RunSettings("bf16", True, 572, 1), 1.0, "fake")
+    asked = []
+
+    def fake_choose(model, device, **kwargs):
+        asked.append(model.config)
+        return measured
+
+    monkeypatch.setattr(hardware, "choose", fake_choose)
+    auto = TINY.replace(precision="auto", channels_last=None, iterations=2)
+    model = train(*pairs, settings=auto)
+    assert asked and asked[0].base_channels == TINY.base_channels
+    assert model.info.training["precision_used"] == "bf16"
+    assert model.info.training["channels_last_used"] is True
+    fixed = train(*pairs, settings=auto.replace(precision="fp32", channels_last=False))
+    assert fixed.info.training["precision_used"] == "fp32"
+    assert fixed.info.training["channels_last_used"] is False

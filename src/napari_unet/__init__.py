@@ -29,6 +29,7 @@ _LAZY = {
     "segment": "inference",
     "predict_iter": "inference",
     "segment_iter": "inference",
+    "segment_dataset": "distributed",
     "train": "training",
     "train_iter": "training",
     "TrainSettings": "training",

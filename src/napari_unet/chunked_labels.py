@@ -139,7 +139,7 @@ def instances_from_foreground_iter(
         total = 2 * len(blocks)
         yield 0, total
         parts = yield from _label_pass(foreground, scratch, blocks, total, id_dtype)
-        table = _final_ids(*parts, min_size=min_size, offset=offset)
+        table = final_ids(*parts, min_size=min_size, offset=offset)
         n_objects = int(table.max() - offset) if table.max() > 0 else 0
         if n_objects and table.max() > np.iinfo(np.dtype(out.dtype)).max:
             raise ValueError(
@@ -187,7 +187,7 @@ def _facing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unique(np.stack([a[both], b[both]], axis=1), axis=0)
 
 
-def _final_ids(count, sizes, firsts, pairs, *, min_size: int, offset: int) -> np.ndarray:
+def final_ids(count, sizes, firsts, pairs, *, min_size: int, offset: int) -> np.ndarray:
     """Lookup table provisional id -> final id (0: background or dropped)."""
     graph = coo_matrix(
         (np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])),

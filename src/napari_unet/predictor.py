@@ -286,6 +286,15 @@ class Predictor:
         finally:
             empty_cache(self.device)
 
+    def forward_tiles(self, plane, tiles, lo_hi) -> np.ndarray:
+        """Softmax probabilities (B, n_classes, h, w) of ``tiles`` (of :func:`tile_layout`)
+        of a (C, Y, X) plane normalised with ``lo_hi`` (:func:`percentile_range` of the
+        whole plane): the step of the whole-image pass, for callers that run a layout's
+        batches elsewhere (blocks on a cluster, :mod:`napari_unet.distributed`). Pass the
+        same batches as :meth:`_tiles` (``settings.batch_size`` tiles in layout order)
+        for bit-identical results: kernels may differ with the batch size."""
+        return self._forward(plane, tiles, lo_hi, True)
+
     def _forward(self, plane, tiles, lo_hi, check_finite: bool) -> np.ndarray:
         """Input tiles -> softmax probabilities (B, n_classes, h, w) as numpy."""
         batch = np.stack([read_tile(plane, t.rows, t.cols) for t in tiles])

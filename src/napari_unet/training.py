@@ -528,6 +528,7 @@ def train_iter(
     model.info.training = {
         **settings.to_dict(), "gap": settings.gap, "mode": mode,
         "precision_used": run.precision, "channels_last_used": run.channels_last,
+        "device_used": str(device),
     }  # fmt: skip
     model = model.to(memory_format=run.memory_format)
     model.train()

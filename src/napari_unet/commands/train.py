@@ -78,6 +78,12 @@ def register(subparsers) -> None:
         type=int,
         help="px background line kept between touching objects, >= 0 (default: the preset's)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast precision; auto = the one measured fastest for this network on this "
+        "machine, as inference uses (see napari-unet info) (default: the preset's)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {"device": args.device, "seed": args.seed}
     if args.minutes is not None or args.iterations is not None:
         changes.update(minutes=args.minutes, iterations=args.iterations)
-    for name in ("val_fraction", "select_by", "gap"):
+    for name in ("val_fraction", "select_by", "gap", "precision"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     settings = PRESETS[args.preset].replace(**changes)  # validates every setting
@@ -178,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
     history = model.info.history
     best = history.get("best_val")
     print(f"trained {history['iterations']} steps in {history['seconds']:.0f} s; saved {args.out}")
+    used = model.info.training
+    layout = "channels_last" if used.get("channels_last_used") else "contiguous"
+    print(f"ran in {used.get('precision_used')} ({layout}) on {used.get('device_used')}")
     if best:
         print("validation (best model): " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()))
     if model.info.postprocess:

@@ -1,0 +1,318 @@
+"""Segment whole datasets block by block, in one process or on a dask.distributed cluster.
+
+:func:`segment_dataset` reads an OME-Zarr image or a zarr array (:mod:`napari_unet.ngff`)
+and writes NGFF labels (``labels/<name>``) straight into the output store. The labels
+equal :func:`napari_unet.inference.segment` on the whole image, id for id:
+
+* the client computes each plane's normalisation percentiles once (the same
+  :func:`~napari_unet.normalization.percentile_range` call as the whole-image pass) and
+  chooses the run settings (tile, batch, precision) once, so every worker runs the same;
+* a **band** task (:func:`~napari_unet.block_tasks.run_band`) runs the whole-image
+  pass's own tile batches (:meth:`~napari_unet.predictor.Predictor.forward_tiles`) for
+  the tile rows it owns, each tile reading its exact context margin from the image
+  (mirrored at the image's edges only), thresholds the foreground and labels its blocks
+  (:func:`napari_unet.block_labels.label_block`), writing block-local ids to a scratch
+  array and a small summary file; semantic models write class ids directly;
+* the client stitches the summaries into one table per plane
+  (:func:`napari_unet.block_labels.final_table`), then **write** tasks map, grow and write
+  each block of level 0; :func:`napari_unet.ngff.finish_labels` adds the pyramid and the
+  NGFF metadata.
+
+Every worker process loads the model once (:func:`~napari_unet.block_tasks.predictor`).
+Each finished task leaves a marker in ``OUT/.napari-unet-work/<name>``, so re-running
+the same command after an interruption skips finished blocks; tasks are idempotent, so a
+killed worker's blocks are simply recomputed elsewhere by dask. The work folder is
+removed when the labels are complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import block_labels, ngff
+from .block_labels import BandGrid
+from .block_tasks import Plan, run_band, write_block
+
+WORK_FOLDER = ".napari-unet-work"
+DEFAULT_BLOCK_SIZE = 1024  # px: blocks of about 1024 x 1024 px per task
+CLUSTERS = ("none", "local")
+
+
+# -- the Python function ---------------------------------------------------------------
+def segment_dataset(
+    image: str | os.PathLike,
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    name: str = "unet",
+    cluster: Any = "none",
+    workers: int | None = None,
+    overwrite: bool = False,
+    channel_axis: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    threshold: float | None = None,
+    expand: int | None = None,
+    min_size: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> ngff.LabelTarget:
+    """Segment ``image`` with the model file ``model`` into ``out``'s ``labels/<name>``.
+
+    Args:
+        image: an OME-Zarr image (NGFF 0.4/0.5; full-resolution level) or a zarr array.
+        model: model file (.safetensors); every worker loads it once.
+        out: an OME-Zarr folder (created; may be ``image`` itself to add the labels to
+            the input's own ``labels`` group).
+        name: label image name.
+        cluster: "none" (this process), "local" (a LocalCluster of ``workers`` one-thread
+            worker processes), a scheduler address, or a ``distributed.Client``.
+        overwrite: replace labels of that name made by another model, other settings,
+            or another program.
+        block_size: about the edge of one task's block, px.
+        threshold, expand, min_size: instance post-processing (None: the model's).
+        on_progress: called with (done, total) tasks.
+        on_message: called with one-line notes (dashboard link, resumed blocks).
+        settings: ``device``, ``precision``, ``tile_size``, ``batch_size``,
+            ``channels_last`` (None: measured on this machine, then used by every worker).
+
+    Returns:
+        The :class:`~napari_unet.ngff.LabelTarget` written (complete).
+
+    Raises:
+        ValueError: bad input (one sentence); nothing is written then.
+    """
+    notify = on_message or (lambda message: None)
+    plan, run = _plan(image, model, out, name, channel_axis, block_size, threshold, expand,
+                      min_size, settings)  # fmt: skip
+    resume = _check_existing(plan.target, run, overwrite)
+    if resume is True:
+        notify(f"labels/{name} in {out} are already complete")
+        return plan.target
+    client, owned = connect(cluster, workers)
+    try:
+        if client is not None:
+            notify(f"dask dashboard: {client.dashboard_link}")
+        if not resume:
+            shutil.rmtree(plan.work, ignore_errors=True)
+            ngff.create_labels(plan.target, np.int32, overwrite=overwrite, run=run)
+        _prepare_work(plan, run, resume)
+        _execute(plan, client, on_progress or (lambda done, total: None), notify)
+        _finish(plan, run, client)
+    finally:
+        if owned:
+            cluster_object = client.cluster
+            client.close()
+            cluster_object.close()
+    return plan.target
+
+
+def _plan(image, model, out, name, channel_axis, block_size, threshold, expand, min_size,
+          settings) -> tuple[Plan, dict]:  # fmt: skip
+    """Validate everything (nothing written) and fix the run: settings, percentiles."""
+    import dask
+
+    from .inference import SETTINGS, as_planes
+    from .model_io import load_model
+    from .normalization import percentile_range
+    from .postprocess import DEFAULT_MIN_SIZE, Postprocess
+    from .predictor import Predictor
+    from .tiling import tile_layout
+
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"label name {name!r} must be a plain, non-empty name")
+    if block_size < 1:
+        raise ValueError(f"block size must be positive, got {block_size}")
+    source = ngff.open_source(image, channel_axis=channel_axis)
+    net = load_model(model)
+    min_size = DEFAULT_MIN_SIZE if min_size is None else min_size
+    post = Postprocess.of_model(net.info, threshold=threshold, expand=expand, min_size=min_size)
+    view, axis = source.image()
+    planes, spatial = as_planes(view, net.config.in_channels, axis)
+    predictor = Predictor.prepare(net, **settings)
+    tile = predictor.tile_for(spatial[-2:])
+    fixed = {
+        "device": settings.get("device"),
+        "precision": predictor.settings.precision,
+        "channels_last": predictor.settings.channels_last,
+        "batch_size": predictor.settings.batch_size,
+        "tile_size": tile,
+    }
+    grid = BandGrid.of(tile_layout(spatial[-2:], tile, net.config), block_size)
+    target = ngff.label_target(source, spatial, out, name, grid.block_shape)
+    ngff.check_output_root(target)
+    low, high = net.info.normalization["low"], net.info.normalization["high"]
+    with dask.config.set(scheduler="threads"):  # here: the input may not be picklable
+        lo_hi = tuple(percentile_range(planes[z], low, high) for z in range(len(planes)))
+    if not all(np.isfinite(np.concatenate(r)).all() for r in lo_hi):
+        raise ValueError("the image contains NaN or infinite pixels")
+    run = {
+        "model_sha256": _sha256(model),
+        "image": str(Path(source.store).resolve() / source.array_path),
+        "image_shape": list(source.shape),
+        **{k: v for k, v in fixed.items() if k != "device"},
+        "threshold": post.threshold,
+        "expand": post.expand,
+        "min_size": post.min_size,
+        "block_shape": list(grid.block_shape),
+    }
+    work = str(Path(out) / WORK_FOLDER / name)
+    plan = Plan(source, target, str(Path(model).resolve()), tuple(fixed.items()), lo_hi,
+                net.info.task, post.threshold, post.expand, post.min_size, grid, work)  # fmt: skip
+    return plan, run
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_existing(target: ngff.LabelTarget, run: dict, overwrite: bool) -> bool | None:
+    """What to do with labels already at ``target``: False (none, or ``overwrite``:
+    start afresh), True (complete with this run: nothing to do), "resume" (begun by
+    this run).
+
+    Raises:
+        ValueError: labels of that name made by another program, model or settings.
+    """
+    existing = ngff.existing_run(target)
+    where = f"labels/{target.name} in {target.store}"
+    if existing is None or overwrite:
+        return False
+    if not existing:
+        raise ValueError(
+            f"{where} already exists and was not made by napari-unet; choose another "
+            "--name or pass --overwrite to replace it"
+        )
+    stored = {k: v for k, v in existing.items() if k != "complete"}
+    if stored != json.loads(json.dumps(run)):
+        changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+        raise ValueError(
+            f"{where} was made by another model or other settings ({', '.join(changed)}); "
+            "pass --overwrite to replace it or choose another --name"
+        )
+    return True if existing.get("complete") else "resume"
+
+
+# -- clusters ----------------------------------------------------------------------------
+def connect(cluster: Any, workers: int | None = None):
+    """(client, owned): None for "none"; a new LocalCluster's client for "local" (owned:
+    close it afterwards); a client of the scheduler at an address; a given Client.
+
+    Raises:
+        ValueError: a scheduler that cannot be reached, or a bad worker count.
+    """
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and cluster != "local":
+        raise ValueError("--workers sets the size of a local cluster; use it with --cluster local")
+    if cluster is None or cluster == "none":
+        return None, False
+    from distributed import Client, LocalCluster
+
+    if isinstance(cluster, Client):
+        return cluster, False
+    if cluster == "local":
+        local = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True)
+        return Client(local), True
+    try:
+        return Client(str(cluster), timeout="5s"), False
+    except (OSError, TimeoutError) as error:
+        raise ValueError(f"cannot reach the dask scheduler at {cluster}: {error}") from None
+
+
+# -- the run -----------------------------------------------------------------------------
+def _prepare_work(plan: Plan, run: dict, resume) -> None:
+    import zarr
+
+    work = Path(plan.work)
+    for kind in ("bands", "written"):
+        (work / kind).mkdir(parents=True, exist_ok=True)
+    (work / "run.json").write_text(json.dumps(run, indent=1))
+    if plan.task == "instance" and not (work / "ids").exists():
+        planes = len(plan.lo_hi)
+        zarr.create_array(
+            store=str(work / "ids"), shape=(planes, plan.grid.height, plan.grid.width),
+            chunks=(1, *plan.grid.block_shape), dtype=np.int32, fill_value=0,
+        )  # fmt: skip
+
+
+def _execute(plan: Plan, client, on_progress, notify) -> None:
+    grid, planes = plan.grid, len(plan.lo_hi)
+    n_blocks = len(grid.blocks()) if plan.task == "instance" else 0
+    bands = [(z, b) for z in range(planes) for b in range(grid.n_bands)]
+    total = len(bands) + planes * n_blocks
+    skipped = sum(plan.marker("bands", z, b).exists() for z, b in bands)
+    if skipped:
+        notify(f"resuming: {skipped} of {len(bands)} bands already done")
+    done = 0
+    on_progress(done, total)
+    summaries: dict = {}
+    for item, result in _map(client, run_band, plan, bands):
+        summaries[item] = result
+        done += 1
+        on_progress(done, total)
+    if plan.task != "instance":
+        return
+    next_id, jobs = 0, []
+    for z in range(planes):
+        per_block = {}
+        for band in range(grid.n_bands):
+            per_block.update(summaries[(z, band)])
+        ordered = [per_block[i] for i in range(n_blocks)]
+        table, offsets, count = block_labels.final_table(
+            grid, ordered, min_size=plan.min_size, offset=next_id
+        )
+        if table.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"object ids up to {table.max()} do not fit into int32 labels")
+        next_id += count
+        shared = _share(client, (table, offsets))
+        jobs.extend((z, block, shared) for block in range(n_blocks))
+    for _ in _map(client, write_block, plan, jobs):
+        done += 1
+        on_progress(done, total)
+
+
+def _share(client, value):
+    return value if client is None else client.scatter(value, broadcast=True, hash=False)
+
+
+def _map(client, function, plan: Plan, items: list) -> Iterable:
+    """(item, result) of ``function(plan, *item)`` per item, as they finish."""
+    if client is None:
+        for item in items:
+            yield item, function(plan, *item)
+        return
+    from distributed import as_completed
+
+    plan_future = client.scatter(plan, broadcast=True, hash=False)
+    futures = {
+        client.submit(function, plan_future, *item, pure=False, retries=1): item for item in items
+    }
+    try:
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        client.cancel(list(futures))
+
+
+def _finish(plan: Plan, run: dict, client) -> None:
+    ngff.finish_labels(plan.target, run)
+    shutil.rmtree(plan.work, ignore_errors=True)
+    work_root = Path(plan.work).parent
+    if work_root.exists() and not any(work_root.iterdir()):
+        work_root.rmdir()
