@@ -101,3 +101,16 @@ def test_segment_widget_offers_the_builtin_and_packages(make_napari_viewer, tmp_
     widget.load_button.native.click()
     assert "n.zip" in widget.model_info.value
     assert ".zip" in _dialogs.OPEN_FILTER
+
+
+def test_cli_segment_block_by_block_with_the_builtin_name(tmp_path, one_torch_thread):
+    import zarr
+
+    image, _ = nuclei_sample(seed=6)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    argv = ["segment", str(tmp_path / "in.tif"), "--model", "nuclei", "--out"]
+    argv += [str(tmp_path / "out.zarr"), "--tile-size", "252", "--batch-size", "1"]
+    assert main([*argv, "--device", "cpu", "--precision", "fp32"]) == 0
+    labels = np.asarray(zarr.open(str(tmp_path / "out.zarr" / "labels" / "unet" / "0"), mode="r"))
+    expected = segment(load_model("nuclei"), image, tile_size=252, **RUN)
+    assert labels.max() >= 5 and labels.max() == expected.max()
