@@ -122,6 +122,7 @@ def _plan(image, model, out, name, channel_axis, block_size, threshold, expand, 
 
     from .inference import SETTINGS, as_planes
     from .model_io import load_model
+    from .models import resolve
     from .normalization import percentile_range
     from .postprocess import DEFAULT_MIN_SIZE, Postprocess
     from .predictor import Predictor
@@ -135,6 +136,7 @@ def _plan(image, model, out, name, channel_axis, block_size, threshold, expand, 
     if block_size < 1:
         raise ValueError(f"block size must be positive, got {block_size}")
     source = ngff.open_source(image, channel_axis=channel_axis)
+    model = resolve(model)  # a built-in name (nuclei) -> its file, which workers load
     net = load_model(model)
     min_size = DEFAULT_MIN_SIZE if min_size is None else min_size
     post = Postprocess.of_model(net.info, threshold=threshold, expand=expand, min_size=min_size)

@@ -74,13 +74,21 @@ class UNet(nn.Module):
     ``s`` is :attr:`UNetConfig.shrink` (184 px at depth 4). H and W must be valid
     input sizes (:meth:`UNetConfig.is_valid_input`); others raise ValueError.
 
+    ``config`` may also be a plain dict of :class:`UNetConfig` fields, so that a
+    bioimage.io package can name this class with JSON keyword arguments
+    (``UNet(config={"base_channels": 16, "depth": 3, ...})``).
+
     Attributes:
         config: the architecture (saved in model files).
         info: task, normalisation and training summary (saved in model files).
     """
 
-    def __init__(self, config: UNetConfig | None = None, info: ModelInfo | None = None) -> None:
+    def __init__(
+        self, config: UNetConfig | dict | None = None, info: ModelInfo | None = None
+    ) -> None:
         super().__init__()
+        if isinstance(config, dict):
+            config = UNetConfig.from_dict(config)
         self.config = config = config or UNetConfig()
         self.info = info = info or ModelInfo.default_for(config.n_classes)
         if len(info.class_names) != config.n_classes:

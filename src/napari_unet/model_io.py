@@ -140,7 +140,7 @@ def check_model_destination(path: str | os.PathLike, config: UNetConfig, inputs=
         raise ValueError(f"{path} is one of the input files; choose another model file name")
     if path.exists():
         try:
-            read_model_info(path)
+            _read_header(path)  # a model file (not a package nor a built-in name)
         except ModelFileError:
             raise ValueError(
                 f"{path} exists and is not a napari-unet model; refusing to replace it "
@@ -165,12 +165,20 @@ def expected_tensors(config: UNetConfig) -> dict[str, tuple[int, ...]]:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNet:
     """Rebuild the model saved in ``path`` on ``device``, in eval mode.
 
+    ``path`` may also name a built-in model (``"nuclei"``, :mod:`napari_unet.models`)
+    or a bioimage.io package, zip or folder (:mod:`napari_unet.bioimageio_import`).
+
     Raises:
         ModelFileError: one sentence naming the file and what is wrong with it
             (missing, not a model, a pickle file, truncated, from a newer version).
     """
-    path = Path(path)
+    from .bioimageio_import import is_package, load_package
+    from .models import resolve
+
+    path = resolve(path)
     device = choose_device(device)  # one sentence for a device this machine lacks
+    if is_package(path):
+        return load_package(path, device)
     header = _read_header(path)
     config, info = _description(path, header["__metadata__"])
     _check_tensors(path, config, header)  # before building the network: no huge allocation
@@ -190,8 +198,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
 
 
 def read_model_info(path: str | os.PathLike) -> tuple[UNetConfig, ModelInfo]:
-    """Config and info of a model file, without reading its weights (cheap)."""
-    path = Path(path)
+    """Config and info of a model file, built-in name or bioimage.io package, without
+    reading its weights (cheap)."""
+    from .bioimageio_import import is_package, read_package_info
+    from .models import resolve
+
+    path = resolve(path)
+    if is_package(path):
+        return read_package_info(path)
     return _description(path, _read_header(path)["__metadata__"])
 
 

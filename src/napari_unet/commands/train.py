@@ -51,7 +51,16 @@ def register(subparsers) -> None:
         help="what the labels are: instance = object ids (0 = background); semantic = "
         "0 unannotated, 1 background, 2.. classes (default: %(default)s)",
     )
-    parser.add_argument("--init", type=Path, help="model file to fine-tune / resume from")
+    parser.add_argument(
+        "--start-from",
+        "--init",
+        dest="init",
+        default="new",
+        help="new (a random network), a built-in model (nuclei), a model file or a "
+        "bioimage.io package to fine-tune; its width, depth, normalisation and "
+        "post-processing are kept, the post-processing re-tuned on validation data "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
         "--val-fraction",
@@ -130,10 +139,13 @@ def run(args: argparse.Namespace) -> int:
             changes[name] = getattr(args, name)
     settings = PRESETS[args.preset].replace(**changes)  # validates every setting
     pairs = find_pairs(args.images, args.labels)
-    config = read_model_info(args.init)[0] if args.init is not None else settings.config()
+    init = None if args.init == "new" else args.init
+    config = read_model_info(init)[0] if init is not None else settings.config()
     check_model_destination(args.out, config, inputs=[p for pair in pairs for p in pair])
     images, labels = read_pairs(pairs, args.mode)
     print(f"training on {len(pairs)} image/label pair(s) from {args.images}")
+    if init is not None:
+        print(f"starting from {init} ({config.base_channels} base channels, depth {config.depth})")
 
     stop = {"requested": False}
 
@@ -149,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         labels,
         mode=args.mode,
         settings=settings,
-        init_model=args.init,
+        init_model=init,
         should_stop=lambda: stop["requested"],
     )
     bar_format = "{l_bar}{bar}| {elapsed}<{remaining} {postfix}"

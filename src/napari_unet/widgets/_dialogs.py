@@ -6,11 +6,16 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 
 MODEL_SUFFIX = ".safetensors"
 MODEL_FILTER = f"U-Net model (*{MODEL_SUFFIX});;All files (*)"
+#: what "Load model" opens: our model files and bioimage.io packages (zip)
+OPEN_FILTER = (
+    f"U-Net model or bioimage.io package (*{MODEL_SUFFIX} *.zip);;"
+    f"U-Net model (*{MODEL_SUFFIX});;bioimage.io package (*.zip);;All files (*)"
+)
 
 
 def ask_open_model(parent: QWidget | None) -> str | None:
-    """Ask for a model file to load; None when the user cancels."""
-    path, _ = QFileDialog.getOpenFileName(parent, "Load U-Net model", "", MODEL_FILTER)
+    """Ask for a model file or bioimage.io package (zip) to load; None when cancelled."""
+    path, _ = QFileDialog.getOpenFileName(parent, "Load U-Net model", "", OPEN_FILTER)
     return path or None
 
 

@@ -43,6 +43,7 @@ class SegmentWidget(Container):
         model_info: which model is loaded.
         run_info: the device and the settings measured for this machine.
         load_button: replace the current model with one from a file.
+        builtin_button: replace it with the built-in nuclei model.
         show_probabilities: also add the class probabilities as image layers.
         segment_button, cancel_button: start / cancel (between two tiles).
         progress: tiles done.
@@ -60,6 +61,8 @@ class SegmentWidget(Container):
         self.run_info = fixed_lines(Label(), 3)
         self.run_info.tooltip = "device and settings measured for this machine (napari-unet info)"
         self.load_button = PushButton(text="Load model from file...")
+        self.builtin_button = PushButton(text="Use built-in nuclei model")
+        self.builtin_button.tooltip = "U-Net trained on DSB 2018 fluorescence nuclei (CC0)"
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -71,7 +74,7 @@ class SegmentWidget(Container):
                 self.image_layer,
                 self.model_info,
                 column(self.run_info),
-                self.load_button,
+                row(self.load_button, self.builtin_button),
                 self.show_probabilities,
                 buttons,
                 column(self.progress, self.status),
@@ -81,6 +84,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._bar: NapariProgress | None = None
         self.load_button.changed.connect(self.load_model)
+        self.builtin_button.changed.connect(self.use_builtin)
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self.store.changed.connect(self._show_model)
@@ -99,7 +103,8 @@ class SegmentWidget(Container):
 
     # -- actions --------------------------------------------------------------------------
     def load_model(self) -> None:
-        """Ask for a model file and make it the current model."""
+        """Ask for a model file or bioimage.io package (zip) and make it the current
+        model (:func:`napari_unet.model_io.load_model` reads both)."""
         from ..model_io import ModelFileError, load_model
 
         path = _dialogs.ask_open_model(self.native)
@@ -111,6 +116,18 @@ class SegmentWidget(Container):
             show_error(f"could not load the model: {error}")
             return
         self.store.set(model, f"file {path}")
+
+    def use_builtin(self) -> None:
+        """Make the built-in nuclei model the current model."""
+        from ..model_io import ModelFileError, load_model
+        from ..models import describe
+
+        try:
+            model = load_model("nuclei")
+        except (ModelFileError, OSError) as error:
+            show_error(f"could not load the built-in model: {error}")
+            return
+        self.store.set(model, describe("nuclei"))
 
     def segment(self) -> None:
         """Segment the chosen image with the current model in a thread worker."""

@@ -1,0 +1,113 @@
+"""Reproduce the built-in ``nuclei`` model (src/napari_unet/models/nuclei.safetensors).
+
+Trains the ``fast`` preset (base_channels 16, depth 3) on the DSB 2018 fluorescence
+nuclei (CC0) in ``../shared/data/dsb2018/train`` (images/NAME.tif + labels/NAME.tif),
+holding out every 5th file in name order exactly as benchmarks/bench_training.py does,
+then segments the held-out images with the trained model's own settings and reports
+AP@0.5 and AP@0.75 (:func:`napari_unet.metrics.average_precision`). The held-out scores,
+the data, its licence and the machine are stored in the model
+(``info.history["held_out"]``, ``info.training``), and everything is written as JSON::
+
+    python scripts/train_builtin_nuclei.py --minutes 40 --threads 1 \
+        --json benchmarks/results/builtin_nuclei.json \
+        --out src/napari_unet/models/nuclei.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _machine import cpu_model  # noqa: E402
+from bench_training import load_split  # noqa: E402
+from napari_unet import metrics  # noqa: E402
+from napari_unet.inference import segment  # noqa: E402
+from napari_unet.model_io import save_model  # noqa: E402
+from napari_unet.progress import drain  # noqa: E402
+from napari_unet.training import PRESETS, train_iter  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "dsb2018" / "train"
+DATA_NOTE = (
+    "DSB 2018 nuclei, stage 1 training images (fluorescence subset as shared in "
+    "../shared/data/dsb2018/train), CC0; every 5th file in name order held out"
+)
+
+
+def held_out_scores(model, held_out) -> dict[str, float]:
+    """AP@0.5 and AP@0.75 of ``model`` (its stored post-processing) on ``held_out``."""
+    gts = [labels for _, labels in held_out]
+    start = time.perf_counter()
+    preds = [segment(model, image) for image, _ in held_out]
+    seconds = time.perf_counter() - start
+    return {
+        "ap50": round(metrics.average_precision(gts, preds, iou=0.5), 4),
+        "ap75": round(metrics.average_precision(gts, preds, iou=0.75), 4),
+        "images": len(held_out),
+        "segment_seconds": round(seconds, 1),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--minutes", type=float, default=40.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", help="override a setting: key=json_value")
+    parser.add_argument("--out", type=Path, required=True, help="model file to write")
+    parser.add_argument("--json", type=Path, required=True, help="record of the run")
+    args = parser.parse_args(argv)
+
+    changes = {"minutes": args.minutes, "iterations": None, "threads": args.threads}
+    changes |= {"seed": args.seed, "device": "cpu", "preview_every_s": 1e9}
+    for item in args.set or []:
+        key, value = item.split("=", 1)
+        changes[key] = json.loads(value)
+    settings = PRESETS["fast"].replace(**changes)
+    train_pairs, held_out = load_split(args.data)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    machine = f"{cpu_model()}, torch {torch.__version__}, {args.threads} thread(s)"
+    print(f"{started} on {machine}, python {platform.python_version()}", flush=True)
+    print(f"{len(train_pairs)} training / {len(held_out)} held-out images; {changes}", flush=True)
+
+    def show(record) -> None:
+        if "val" in record:
+            minutes = record["elapsed"] / 60
+            print(f"  {minutes:5.1f} min step {record['iteration']}: {record['val']}", flush=True)
+
+    run = train_iter([p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings)
+    model = drain(run, show).cpu()
+    history = model.info.history
+    print(f"trained {history['iterations']} steps in {history['seconds']} s", flush=True)
+    scores = held_out_scores(model, held_out)
+    print(f"held-out: {scores}", flush=True)
+    history["held_out"] = {"ap50": scores["ap50"], "ap75": scores["ap75"], "images": len(held_out)}
+    model.info.training |= {"data": DATA_NOTE, "machine": machine, "started": started}
+    save_model(model, args.out)
+    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    record = {
+        "started": started, "machine": machine, "python": platform.python_version(),
+        "data": str(args.data), "settings": settings.to_dict(), "steps": history["iterations"],
+        "train_seconds": history["seconds"], "held_out": scores,
+        "postprocess": model.info.postprocess, "best_val": history.get("best_val"),
+        "file": str(args.out), "bytes": args.out.stat().st_size, "sha256": digest,
+    }  # fmt: skip
+    args.json.write_text(json.dumps(record, indent=1, default=float))
+    print(f"saved {args.out} ({record['bytes'] / 2**20:.2f} MiB, sha256 {digest[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
