@@ -580,6 +580,7 @@ def test_new_strokes_reach_the_engine(sample_viewer, qtbot, tiny_preset):
 
 #: responsiveness test: steps, validation and preview every so many steps, forced collection
 STALL_STEPS, STALL_VAL_EVERY, STALL_PREVIEW_EVERY, STALL_COLLECT_AT = 60, 20, 5, 25
+STALL_FLOOR_S = 0.200  # s: gaps below this never count as a stall (see the test)
 
 
 @pytest.mark.parametrize("shown", [False, True], ids=["hidden", "shown"])
@@ -593,10 +594,15 @@ def test_ui_stays_responsive_while_training(
     garbage collection holding the GIL in the training thread counts in full;
     time in which the OS ran other programs (a machine loaded 4 times over its
     cores gave 350 ms gaps with no work in them) does not. A stall is a gap over
-    100 ms, or over twice the 99th percentile of the gaps where this machine
-    repaints more slowly than that (a loaded 2-core machine under Xvfb: p99 about
-    90 ms with the window shown). The percentile does not follow one long gap:
-    the 300 ms collection below fails the test as long as p99 is under 150 ms.
+    STALL_FLOOR_S (200 ms), or over twice the 99th percentile of the gaps where
+    this machine repaints more slowly than that (a loaded 2-core machine under
+    Xvfb: p99 about 90 ms with the window shown). The floor is above the 115 ms
+    that one preview repaint under software OpenGL took on an idle 2-core machine
+    and below the stall this test exists for: a full garbage collection in the
+    training thread (with the heap freeze disabled: 292/359 ms hidden/shown on a
+    loaded machine, 249/274 ms on an idle Xeon, both failing the test).
+    The percentile does not follow one long gap: the 300 ms collection below fails
+    the test as long as p99 is under 150 ms.
 
     With the window shown (under Xvfb: OpenGL drawn by Mesa's software renderer)
     the canvas, dock and progress bars repaint during the run; the viewer is
@@ -665,13 +671,13 @@ def test_ui_stays_responsive_while_training(
     longest, p99 = float(gaps.max()), float(np.percentile(gaps, 99))
     print(
         f"window {'shown' if shown else 'hidden'}: longest stall {1000 * longest:.0f} ms, "
-        f"p99 {1000 * p99:.0f} ms (limit {1000 * max(0.1, 2 * p99):.0f} ms) over "
+        f"p99 {1000 * p99:.0f} ms (limit {1000 * max(STALL_FLOOR_S, 2 * p99):.0f} ms) over "
         f"{len(received)} steps in {end[0] - begin[0]:.1f} s, {len(during) - 2} ticks, "
         f"longest wall-clock gap {1000 * wall.max():.0f} ms; a full garbage collection in "
         "the training thread took "
         f"{1000 * (collected[0][1] - collected[0][0]):.0f} ms"
     )
-    limit = max(0.100, 2 * p99)
+    limit = max(STALL_FLOOR_S, 2 * p99)
     assert longest < limit, f"the UI stalled for {1000 * longest:.0f} ms"
 
 
