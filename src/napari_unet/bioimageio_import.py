@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import ModelInfo, UNetConfig
-from .model_io import ModelFileError
+from .model_io import ModelFileError, check_tensor_shapes
 
 DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
 ARCHITECTURE = ("napari_unet.model", "UNet")
@@ -227,17 +227,12 @@ def _read_state_dict(path: Path, data: bytes) -> dict:
 
 def _check_state(path: Path, state: dict, expected: dict[str, tuple[int, ...]]) -> None:
     """ModelFileError unless ``state`` has exactly the expected float tensors."""
-    for name, shape in expected.items():
-        tensor = state.get(name)
-        if tensor is None or tuple(tensor.shape) != shape or not tensor.is_floating_point():
-            what = "is missing" if tensor is None else f"has shape {tuple(tensor.shape)}"
-            raise ModelFileError(
-                f"the weights in {path} do not fit the network it describes "
-                f"(tensor {name!r} {what}, expected float {shape})"
-            )
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise ModelFileError(
-            f"the weights in {path} do not fit the network it describes "
-            f"(unexpected tensor {extra[0]!r})"
-        )
+    found = {
+        name: (tuple(tensor.shape), tensor.is_floating_point())
+        for name, tensor in state.items()
+        if hasattr(tensor, "shape")
+    }
+    if len(found) != len(state):
+        odd = sorted(set(state) - set(found))[0]
+        raise ModelFileError(f"the weights in {path} hold {odd!r}, which is not a tensor")
+    check_tensor_shapes(path, found, expected)

@@ -231,23 +231,31 @@ def _description(path: Path, metadata: dict[str, str]) -> tuple[UNetConfig, Mode
 
 def _check_tensors(path: Path, config: UNetConfig, header: dict[str, Any]) -> None:
     """ModelFileError unless the header's tensors are exactly those ``config`` needs."""
-    expected = expected_tensors(config)
-    stored = {k: v for k, v in header.items() if k != "__metadata__"}
+    stored = {
+        name: (tuple(entry.get("shape", ())), entry.get("dtype") in _FLOAT_DTYPES)
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict)
+    }
+    check_tensor_shapes(path, stored, expected_tensors(config), "described in the same file")
+
+
+def check_tensor_shapes(
+    path: Path,
+    found: dict[str, tuple[tuple[int, ...], bool]],
+    expected: dict[str, tuple[int, ...]],
+    described: str = "it describes",
+) -> None:
+    """ModelFileError unless ``found`` (name: (shape, is float)) holds exactly the
+    ``expected`` float tensors (name: shape) of the network ``described``."""
+    problem = f"the weights in {path} do not fit the network {described}"
     for name, shape in expected.items():
-        entry = stored.get(name)
-        found = tuple(entry.get("shape", ())) if isinstance(entry, dict) else None
-        if found != shape or entry.get("dtype") not in _FLOAT_DTYPES:
-            what = "is missing" if entry is None else f"has shape {found}"
-            raise ModelFileError(
-                f"the weights in {path} do not fit the network described in the same file "
-                f"(tensor {name!r} {what}, expected float {shape})"
-            )
-    extra = sorted(set(stored) - set(expected))
+        entry = found.get(name)
+        if entry is None or entry[0] != shape or not entry[1]:
+            what = "is missing" if entry is None else f"has shape {entry[0]}"
+            raise ModelFileError(f"{problem} (tensor {name!r} {what}, expected float {shape})")
+    extra = sorted(set(found) - set(expected))
     if extra:
-        raise ModelFileError(
-            f"the weights in {path} do not fit the network described in the same file "
-            f"(unexpected tensor {extra[0]!r})"
-        )
+        raise ModelFileError(f"{problem} (unexpected tensor {extra[0]!r})")
 
 
 def _read_header(path: Path) -> dict[str, Any]:
