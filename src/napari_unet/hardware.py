@@ -12,9 +12,9 @@ everything else is decided by timing the network on this device:
    most output megapixels per second (larger tiles recompute less mirrored context);
 3. the batch size, on accelerators only (a CPU convolution already uses every core).
 
-The choice is cached per (device, thread count, torch version, network width and
-depth) in ``hardware.json`` in the user's cache directory (``$NAPARI_UNET_CACHE_DIR``
-overrides it), reused next time, and re-measured on request
+The choice is cached per (device, torch version, network width and depth; for a CPU,
+its model name and CPU count) in ``hardware.json`` in the user's cache directory
+(``$NAPARI_UNET_CACHE_DIR`` overrides it), reused next time, and re-measured on request
 (``napari-unet info --remeasure``).
 """
 
@@ -101,7 +101,7 @@ class Choice:
         reason: one line: what was compared and what won.
         timings: every measured candidate (precision, channels_last, tile, batch, s, mpx_per_s,
             agrees).
-        key: the cache key (device, threads, torch, width, depth).
+        key: the cache key (device, torch, width, depth).
         measured_at: ISO date and time of the measurement.
         from_cache: True when read from the cache file instead of measured now.
     """
@@ -184,13 +184,16 @@ def candidate_precisions(device: torch.device) -> tuple[list[str], list[str]]:
 
 
 def device_signature(device: torch.device) -> str:
-    """What the measurement depends on besides the network: the device and its threads."""
+    """What the measurement depends on besides the network: the device (for a CPU, its
+    model and CPU count)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda {torch.cuda.get_device_name(index)}"
     if device.type == "mps":
         return f"mps {platform.machine()} {platform.processor()}".strip()
-    return f"cpu {cpu_name()} ({torch.get_num_threads()} threads)"
+    # the machine's CPU count, not torch's thread count: that is set per thread (OpenMP),
+    # so a worker thread and the UI thread would look up different keys
+    return f"cpu {cpu_name()} ({os.cpu_count()} CPUs)"
 
 
 def cache_key(config: UNetConfig, device: torch.device) -> str:

@@ -59,6 +59,8 @@ from .jobs import PreviewSource, train_job
 from .loss_plot import LossPlot
 from .model_store import model_store
 
+#: where training starts: a new network, or fine-tuning one of these
+START_FROM = ("new network", "built-in nuclei", "current model", "file...")
 METRIC_NAMES = {"ap50": "AP@0.5", "iou": "IoU"}  # shown on the plot (values in 0..1)
 PROGRESS_STEPS = 1000  # resolution of the progress bars
 STATUS_INTERVAL_S = 0.25  # least time between two updates of the status and progress bars
@@ -141,7 +143,8 @@ class TrainWidget(Container):
         preset: named :data:`napari_unet.training.PRESETS` entry.
         budget, budget_unit: training length in minutes or iterations.
         device: "auto" or a device name.
-        start_from: a new network or the current model (fine-tuning).
+        start_from: a new network, or fine-tuning the built-in nuclei model, the
+            current model or a model file / bioimage.io package (:data:`START_FROM`).
         live_preview: show the model's prediction of the visible region while training.
         train_button, stop_button: start; stop between two steps keeping the model.
         progress, status, metrics, plot: live feedback.
@@ -174,7 +177,11 @@ class TrainWidget(Container):
         self.budget_unit = ComboBox(choices=["minutes", "iterations"])
         self.budget_unit.native.setMaximumWidth(110)
         self.device = ComboBox(label="device", choices=_device_choices())
-        self.start_from = ComboBox(label="start from", choices=["new network", "current model"])
+        self.start_from = ComboBox(
+            label="start from", choices=list(START_FROM),
+            tooltip="fine-tune: the network, normalisation and classes of the starting model "
+            "are kept; the segmentation settings are tuned again",
+        )  # fmt: skip
         self.live_preview = CheckBox(text="live preview of the visible region", value=True)
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
@@ -309,11 +316,9 @@ class TrainWidget(Container):
         try:
             pairs = self.training_pairs()
             settings = self.settings()
-            init_model = None
-            if self.start_from.value == "current model":
-                init_model = self.store.model
-                if init_model is None:
-                    raise BadChoice("no current model to start from: choose 'new network'")
+            init_model = self.starting_model()
+            if init_model is False:
+                return  # the user cancelled the file dialog
             data = [pair.read() for pair in pairs]
         except (BadChoice, ValueError) as error:
             show_error(str(error))
@@ -357,6 +362,29 @@ class TrainWidget(Container):
             on_release=self._release,
             error_prefix="training failed",
         )
+
+    def starting_model(self) -> Any:
+        """The model chosen in ``start_from``: None (a new network), the current model, the
+        built-in nuclei model or a file/bioimage.io package; False when the file dialog
+        is cancelled. BadChoice (one sentence) when it cannot be had."""
+        from ..model_io import ModelFileError, load_model
+
+        choice = self.start_from.value
+        if choice == "current model":
+            if self.store.model is None:
+                raise BadChoice("no current model to start from: choose 'new network'")
+            return self.store.model
+        source = {"built-in nuclei": "nuclei"}.get(choice)
+        if choice == "file...":
+            source = _dialogs.ask_open_model(self.native)
+            if not source:
+                return False
+        if source is None:
+            return None
+        try:
+            return load_model(source)
+        except (ModelFileError, OSError) as error:
+            raise BadChoice(f"could not load the model to start from: {error}") from None
 
     def stop(self) -> None:
         """End training after the current step; the model trained so far is kept."""
@@ -496,8 +524,9 @@ class TrainWidget(Container):
         steps, seconds = history.get("iterations", 0), history.get("seconds", 0.0)
         self.store.set(model, f"trained on {names} ({steps} steps, {_duration(seconds)})")
         best, chosen = history.get("best_val"), model.info.postprocess
-        if chosen:  # validation as Segment will do it, with the settings training chose
-            tuned = {k: v for k, v in history["postprocess_val"].items() if k not in chosen}
+        tuned_val = history.get("postprocess_val")  # absent without validation data
+        if chosen and tuned_val:  # validation as Segment will do it, with the chosen settings
+            tuned = {k: v for k, v in tuned_val.items() if k not in chosen}
             self.metrics.value = (
                 f"validation (threshold {chosen['threshold']:g}, grow "
                 f"{chosen['expand']} px):\n" + _metrics_text(tuned)
