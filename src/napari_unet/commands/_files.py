@@ -3,7 +3,9 @@ keeps :func:`napari_unet.cli.build_parser` from registering it)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 from ..atomic_files import atomic_write
 
@@ -60,9 +62,23 @@ class LazyBar:
             self._bar = tqdm(**self.options)
         return self._bar
 
+    def show(self, done: int, total: int) -> None:
+        """Set the bar to ``done`` of ``total`` (a total may change as work is found)."""
+        self().total = total
+        self().update(done - self().n)
+
     def __enter__(self) -> LazyBar:
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def drain_with_bar(generator, desc: str, unit: str) -> Any:
+    """Drain a generator of ``(done, total)`` steps behind a :class:`LazyBar` on stderr
+    (transient); returns the generator's result."""
+    from ..progress import drain
+
+    with LazyBar(desc=desc, unit=unit, leave=False, file=sys.stderr) as bar:
+        return drain(generator, lambda step: bar.show(*step))

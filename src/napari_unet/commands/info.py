@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import UNet
     from ..model_io import load_model
     from ..training import PRESETS
-    from .predict import _with_bar
+    from ._files import drain_with_bar
 
     device = choose_device(args.device)
     if args.model is not None:
@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown preset {args.preset!r} (known: {', '.join(PRESETS)})")
         model, network = UNet(PRESETS[args.preset].config()), f"the {args.preset} preset's"
     config = model.config
-    choice = _with_bar(
+    choice = drain_with_bar(
+        hardware.choose_iter(model, device, remeasure=args.remeasure),
         "measuring this machine",
         "step",
-        hardware.choose_iter(model, device, remeasure=args.remeasure),
     )
     source = "read from the cache" if choice.from_cache else "measured now"
     rows = [

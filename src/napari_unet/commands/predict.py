@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
 import time
 from pathlib import Path
 
 from ..atomic_files import check_can_create
-from ._files import LazyBar, read_image, write_tiff_atomic
+from ._files import drain_with_bar, read_image, write_tiff_atomic
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -158,9 +157,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise ValueError(f"--{error}") from None
-    predictor = _with_bar(
-        "measuring this machine (once)",
-        "step",
+    predictor = drain_with_bar(
         Predictor.prepare_iter(
             model,
             tile_size=args.tile_size,
@@ -168,13 +165,13 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
         ),
+        "measuring this machine (once)",
+        "step",
     )
     for path in images:
         start = time.perf_counter()
         image = read_image(path)
-        result = _with_bar(
-            path.name,
-            "tile",
+        result = drain_with_bar(
             predictor.labels_iter(
                 image,
                 channel_axis=args.channel_axis,
@@ -182,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
                 join_slices=args.join_slices,
                 with_probabilities=args.probabilities,
             ),
+            path.name,
+            "tile",
         )
         labels, probabilities = result if args.probabilities else (result, None)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -194,17 +193,3 @@ def run(args: argparse.Namespace) -> int:
             f"{path.name}: {image.shape} -> {count} {what} in {time.perf_counter() - start:.1f} s"
         )
     return 0
-
-
-def _with_bar(desc: str, unit: str, generator):
-    """Drain a progress generator behind a tqdm bar on stderr (shown from its first
-    step, so an error raised before it stays one line); returns its result."""
-    from ..progress import drain
-
-    with LazyBar(desc=desc, unit=unit, leave=False, file=sys.stderr) as bar:
-
-        def advance(step) -> None:
-            bar().total = step[1]
-            bar().update(step[0] - bar().n)
-
-        return drain(generator, advance)

@@ -66,11 +66,6 @@ def run(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     with LazyBar(desc="blocks", unit="task", file=sys.stderr) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar().total = total
-            bar().update(done - bar().n)
-
         target = segment_dataset(
             args.input,
             args.model,
@@ -84,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             expand=args.expand,
             min_size=args.min_size,
-            on_progress=progress,
+            on_progress=bar.show,
             on_message=lambda message: print(message, file=sys.stderr),
             **settings,
         )
