@@ -217,8 +217,8 @@ def run_headless(args: argparse.Namespace) -> int:
     with tqdm(total=100, unit="%", desc="training", leave=False, disable=None) as bar:
 
         def show(record) -> None:
-            bar.update(round(100 * record["progress"]) - bar.n)
-            bar.set_postfix(step=record["iteration"], loss=f"{record['loss']:.3f}")
+            bar.update(round(100 * record.progress) - bar.n)
+            bar.set_postfix(step=record.iteration, loss=f"{record.loss:.3f}")
 
         model = drain(run, show)
     train_seconds = time.perf_counter() - start
