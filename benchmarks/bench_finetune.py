@@ -78,8 +78,8 @@ def run_arm(start_from, train_pairs, held_out, settings, marks) -> dict:
         snapshots.append((0, 0.0, load_model(start_from)))
 
     def keep(record) -> None:
-        if record["iteration"] in marks and "preview_model" in record:
-            snapshots.append((record["iteration"], record["elapsed"], record["preview_model"]))
+        if record.iteration in marks and record.preview_model is not None:
+            snapshots.append((record.iteration, record.elapsed, record.preview_model))
 
     images, labels = [p[0] for p in train_pairs], [p[1] for p in train_pairs]
     begin = time.perf_counter()
