@@ -77,3 +77,90 @@ def test_width_follows_the_measured_speed_and_the_budget():
     assert slow.changes["base_channels"] == 16 and "would not get" in slow.summary()
     fast = choose_recipe(stats, steps_per_s={16: 30.0, 32: 12.0}, minutes=10)
     assert fast.changes["base_channels"] == 32 and "12.0 steps/s" in fast.summary()
+
+
+# -- wired into training: the CLI and the Train widget -------------------------------------
+def write_pairs(folder, make_labels, count=2):
+    import tifffile
+
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for index in range(count):
+        labels = make_labels(seed=index)
+        image = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+        tifffile.imwrite(folder / "images" / f"p{index}.tif", image)
+        tifffile.imwrite(folder / "labels" / f"p{index}.tif", labels)
+
+
+def test_cli_without_preset_chooses_the_dense_recipe_for_tissue(tmp_path, capsys):
+    from napari_unet.cli import main
+    from napari_unet.model_io import load_model
+
+    write_pairs(tmp_path, tissue)
+    out = tmp_path / "m.safetensors"
+    argv = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
+    assert main([*argv, "--out", str(out), "--iterations", "2", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe chosen from the annotation: dense tissue" in printed
+    training = load_model(out).info.training
+    assert training["gap"] == 2 and training["select_by"] == "rand_error"
+    assert "dense tissue" in training["recipe"][0]
+    # an option given on the command line wins over the recipe; a preset skips it
+    assert main([*argv, "--out", str(out), "--iterations", "2", "--gap", "1"]) == 0
+    assert "given on the command line: gap 1" in capsys.readouterr().out
+    assert load_model(out).info.training["gap"] == 1
+    assert main([*argv, "--out", str(out), "--iterations", "2", "--preset", "fast"]) == 0
+    assert "recipe" not in capsys.readouterr().out
+    assert "recipe" not in load_model(out).info.training
+
+
+def test_width_is_measured_only_for_a_new_network_with_a_minutes_budget(monkeypatch):
+    from napari_unet import train_recipe
+    from napari_unet.training import PRESETS
+
+    calls = []
+
+    def measure(settings, in_channels):
+        calls.append(settings.tile_size)
+        return {16: 40.0, 32: 20.0}
+
+    monkeypatch.setattr(train_recipe, "measure_steps_per_s", measure)
+    labels = [make_nuclei(seed=0)[1]]
+    base = PRESETS["fast"].replace(minutes=5.0, iterations=None)
+    settings, _ = train_recipe.choose_settings(labels, base=base)
+    assert calls == [188] and settings.base_channels == 32 and settings.gap == 1
+    settings, _ = train_recipe.choose_settings(labels, base=base, new_network=False)
+    assert calls == [188] and settings.base_channels == base.base_channels
+    steps = base.replace(minutes=None, iterations=100)
+    settings, _ = train_recipe.choose_settings(labels, base=steps)
+    assert calls == [188] and settings.base_channels == base.base_channels
+
+
+def test_measured_training_speed_is_positive_for_each_width():
+    from napari_unet.train_recipe import measure_steps_per_s
+    from napari_unet.training import PRESETS
+
+    settings = PRESETS["fast"].replace(tile_size=124, batch_size=1, device="cpu")
+    speeds = measure_steps_per_s(settings, widths=(8, 16), steps=1)
+    assert set(speeds) == {8, 16} and all(v > 0 for v in speeds.values())
+
+
+def test_train_widget_auto_preset_shows_and_stores_the_recipe(make_napari_viewer, qtbot):
+    from napari_unet.widgets.model_store import model_store
+    from napari_unet.widgets.train_widget import AUTO, TrainWidget
+
+    viewer = make_napari_viewer()
+    labels = tissue(seed=0)
+    viewer.add_image(np.where(labels > 0, 0.8, 0.1).astype(np.float32), name="em")
+    viewer.add_labels(labels, name="cells")
+    widget = TrainWidget(viewer)
+    assert widget.preset.value == AUTO and widget.recipe_info.native.isHidden()
+    widget.budget_unit.value = "iterations"
+    widget.budget.value = 3
+    widget.device.value = "cpu"
+    widget.train()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not widget.recipe_info.native.isHidden()
+    assert "dense tissue" in widget.recipe_info.value
+    training = model_store(viewer).model.info.training
+    assert training["gap"] == 2 and "dense tissue" in training["recipe"][0]

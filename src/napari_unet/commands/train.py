@@ -39,8 +39,9 @@ def register(subparsers) -> None:
         "--iterations", type=int, help="optimiser steps budget, >= 1 (default: the preset's)"
     )
     parser.add_argument(
-        "--preset", default="fast", help="settings preset: fast, dense (EM), paper "
-        "(default: %(default)s)"
+        "--preset", default=None, help="settings preset: fast, dense (EM), paper (default: "
+        "chosen from the annotation and this machine's speed, starting from fast; the "
+        "choice and its reasons are printed)"
     )  # fmt: skip
     parser.add_argument(
         "--device", default="auto", help="auto, cpu, cuda[:N], mps (default: %(default)s)"
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import drain
     from ..training import PRESETS, train_iter
 
-    if args.preset not in PRESETS:
+    if args.preset is not None and args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     changes = {"device": args.device, "seed": args.seed}
     if args.minutes is not None or args.iterations is not None:
@@ -138,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("val_fraction", "select_by", "gap", "precision"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    settings = PRESETS[args.preset].replace(**changes)  # validates every setting
+    overrides = {n: changes[n] for n in ("select_by", "gap") if n in changes}
+    settings = PRESETS[args.preset or "fast"].replace(**changes)  # validates every setting
     pairs = find_pairs(args.images, args.labels)
     init = None if args.init == "new" else args.init
     config = read_model_info(init)[0] if init is not None else settings.config()
@@ -147,6 +149,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"training on {len(pairs)} image/label pair(s) from {args.images}")
     if init is not None:
         print(f"starting from {init} ({config.base_channels} base channels, depth {config.depth})")
+    recipe = None
+    if args.preset is None:
+        from ..train_recipe import choose_settings
+
+        settings, recipe = choose_settings(
+            labels, base=settings, mode=args.mode, new_network=init is None
+        )
+        settings = settings.replace(**overrides)  # options given on the command line win
+        print(recipe.summary() + ("; " + _given(overrides) if overrides else ""))
 
     stop = {"requested": False}
 
@@ -181,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
 
+    if recipe is not None:
+        model.info.training["recipe"] = recipe.reasons
     save_model_or_rescue(model.to("cpu"), args.out)
     history = model.info.history
     best = history.get("best_val")
@@ -200,3 +213,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no validation data held out (single small image or --val-fraction 0)")
     return 0
+
+
+def _given(overrides: dict) -> str:
+    return "given on the command line: " + ", ".join(f"{k} {v}" for k, v in overrides.items())

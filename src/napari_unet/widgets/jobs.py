@@ -152,11 +152,12 @@ class ShownStep(StepRecord):
     snapshot's prediction for the visible region (None when there is none)."""
 
     preview: tuple[np.ndarray, tuple[int | None, int, int]] | None = None
+    recipe: str | None = None
 
     @classmethod
-    def of(cls, record: StepRecord, preview: tuple | None) -> ShownStep:
+    def of(cls, record: StepRecord, preview: tuple | None, recipe: str | None = None) -> ShownStep:
         values = {f.name: getattr(record, f.name) for f in fields(StepRecord)}
-        return cls(**{**values, "preview_model": None}, preview=preview)
+        return cls(**{**values, "preview_model": None}, preview=preview, recipe=recipe)
 
 
 def train_job(
@@ -167,6 +168,7 @@ def train_job(
     mode: str,
     settings: Any,
     init_model: Any = None,
+    choose_recipe: bool = False,
     should_stop: Callable[[], bool] | None = None,
     refresh: Callable[[], tuple | None] | None = None,
     preview: PreviewSource | None = None,
@@ -180,12 +182,24 @@ def train_job(
     ``(z, y, x)``. torch's
     thread count is restored afterwards (``settings.threads`` may lower it to
     leave a core to the UI).
+
+    ``choose_recipe``: ``settings`` is the base that
+    :func:`napari_unet.train_recipe.choose_settings` adapts to the annotation and the
+    machine; the first step carries the choice's summary (``recipe``) and the model
+    keeps its reasons (``info.training["recipe"]``).
     """
     import torch
 
     from ..training import train_iter
 
     threads_before = torch.get_num_threads()
+    recipe = None
+    if choose_recipe:
+        from ..train_recipe import choose_settings
+
+        settings, recipe = choose_settings(
+            labels, masks, base=settings, mode=mode, new_network=init_model is None
+        )
     run = train_iter(
         images, labels, masks=masks, mode=mode, settings=settings, init_model=init_model,
         should_stop=should_stop, refresh=refresh,
@@ -195,11 +209,14 @@ def train_job(
             try:
                 record = next(run)
             except StopIteration as stop:
+                if recipe is not None:
+                    stop.value.info.training["recipe"] = recipe.reasons
                 return stop.value
             snapshot, shown = record.preview_model, None
             if snapshot is not None and preview is not None:
                 shown = preview_prediction(snapshot, preview)
-            yield ShownStep.of(record, shown)
+            summary = recipe.summary() if recipe is not None and record.iteration == 1 else None
+            yield ShownStep.of(record, shown, summary)
     finally:
         run.close()
         torch.set_num_threads(threads_before)

@@ -150,13 +150,9 @@ class SegmentWidget(Container):
             return
         layer = self.image_layer.value
         image = None
-        if (
-            layer is not None
-            and layer.ndim == 2
-            and not layer.rgb
-            and model.config.in_channels == 1
-        ):
-            image = np.asarray(layer.data)
+        in_memory = layer is not None and isinstance(layer.data, np.ndarray)  # not lazy
+        if in_memory and layer.ndim == 2 and not layer.rgb and model.config.in_channels == 1:
+            image = layer.data
         # one step that writes the file at its end: nothing to cancel between steps
         self._begin(f"exporting {Path(path).name}", f"exporting to {path}...", False)
         self._worker = start_job(
