@@ -25,3 +25,19 @@ def ask_save_model(parent: QWidget | None, suggestion: str = "unet" + MODEL_SUFF
     if path and not path.endswith(MODEL_SUFFIX) and "." not in path.rsplit("/", 1)[-1]:
         path += MODEL_SUFFIX
     return path or None
+
+
+def confirm_replace(parent: QWidget | None, what: str) -> bool:
+    """Ask whether ``what`` (e.g. "labels/unet in scan.ome.zarr") may be replaced; the
+    default answer is No."""
+    from qtpy.QtWidgets import QMessageBox
+
+    buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+    answer = QMessageBox.question(
+        parent,
+        "Replace labels?",
+        f"{what} already exists. Replace it? Its labels will be lost.",
+        buttons,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
