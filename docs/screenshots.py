@@ -1,8 +1,8 @@
 """Screenshots of docs/widgets.md from the real app: ``xvfb-run -a python docs/screenshots.py``.
 
-Writes docs/images/{docked,weight_map,training,segmented}.png (name some of them,
-e.g. ``python docs/screenshots.py docked``, to write only those). Training uses the
-"fast" preset with a 300-step budget and validation every 50 steps, so that the
+Writes docs/images/{docked,weight_map,training,segmented,ome_zarr}.png (``docked``
+or ``ome_zarr`` alone, e.g. ``python docs/screenshots.py ome_zarr``, writes only that).
+Training uses the "fast" preset with a 300-step budget and validation every 50 steps, so that the
 loss plot has a few validation points after a minute or two on a laptop CPU.
 """
 
@@ -53,6 +53,8 @@ def shoot(viewer, app, name: str) -> None:
 def main(names: list[str]) -> int:
     OUT.mkdir(exist_ok=True)
     app = QApplication.instance() or QApplication(sys.argv)
+    if names == ["ome_zarr"]:
+        return ome_zarr(app)
     PRESETS["fast"] = PRESETS["fast"].replace(val_every=50, val_every_s=None)
 
     # 1. the three widgets docked: `napari-unet demo` itself
@@ -99,6 +101,53 @@ def main(names: list[str]) -> int:
     viewer.layers["cells preview"].visible = False
     viewer.layers.selection.active = viewer.layers["cells segmentation"]
     shoot(viewer, app, "segmented.png")
+    viewer.close()
+    return ome_zarr(app)
+
+
+def nuclei(shape: tuple[int, int], count: int, seed: int = 4):
+    """Blurred bright disks (radius 6-13 px) on a noisy background: nucleus-like."""
+    import numpy as np
+    from scipy import ndimage
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    image = np.zeros(shape, np.float32)
+    for _ in range(count):
+        centre = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        image[disk(centre, rng.uniform(6, 13), shape=shape)] = rng.uniform(0.4, 1.0)
+    image = ndimage.gaussian_filter(image, 1.5) + rng.normal(0.05, 0.03, shape)
+    return image.astype(np.float32)
+
+
+def ome_zarr(app: QApplication) -> int:
+    """5. an OME-Zarr opened with napari-ome-zarr, segmented into its own labels group."""
+    import tempfile
+
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    path = Path(tempfile.mkdtemp(prefix="napari-unet-shot-")) / "cells.ome.zarr"
+    image = nuclei((1024, 1024), 700)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    write_image(image, root, axes="yx", fmt=FormatV05(), scale_factors=(2, 4),
+                scale={"y": 0.65, "x": 0.65}, axes_units={"y": "micrometer", "x": "micrometer"},
+                storage_options={"chunks": (256, 256)})  # fmt: skip
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window.resize(1300, 800)
+    viewer.open(str(path), plugin="napari-ome-zarr")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment", area="right")
+    segment.use_builtin()
+    segment.ome_zarr.write.value = True
+    segment.ome_zarr.label_name.value = "nuclei"
+    segment.segment()
+    wait(app, until=lambda: not segment.busy)
+    viewer.layers[-1].opacity = 0.45
+    viewer.reset_view()
+    viewer.camera.zoom *= 1.5
+    shoot(viewer, app, "ome_zarr.png")
     viewer.close()
     return 0
 

@@ -223,6 +223,9 @@ def show_output(
     ndim = level0.ndim
     if multiscale:
         kwargs["multiscale"] = True
+    units = getattr(source, "units", None)  # e.g. micrometer from an OME-Zarr
+    if units is not None and len(units) >= ndim:
+        kwargs.setdefault("units", tuple(str(u) for u in units)[-ndim:])
     add = viewer.add_image if kind == "image" else viewer.add_labels
     layer = add(
         data,

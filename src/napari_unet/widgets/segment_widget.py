@@ -12,6 +12,7 @@ zarr array, or, for a layer opened from an OME-Zarr, optionally into the file's 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,7 +235,7 @@ class SegmentWidget(Container):
     ) -> None:
         written = None
         if isinstance(result, ngff.LabelTarget):  # written into the image's OME-Zarr
-            written = f"{result.store}/{result.group_path}"
+            written = f"{Path(result.store).name}/{result.group_path}"
             levels = ngff.label_levels(result)  # napari needs two levels for multiscale
             result = (levels if len(levels) > 1 else levels[0], None)
         labels, probabilities = result
