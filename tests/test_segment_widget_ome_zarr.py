@@ -105,3 +105,45 @@ def test_lazy_image_is_labelled_into_a_zarr_array_not_memory(make_napari_viewer,
     labels = viewer.layers["lazy segmentation"].data
     assert isinstance(labels, zarr.Array)
     np.testing.assert_array_equal(labels[...], segment(model, image))
+
+
+def test_channels_split_by_the_reader_segment_the_whole_ome_zarr_image(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    import torch
+
+    from napari_unet.config import UNetConfig
+    from napari_unet.model import UNet
+
+    plane = make_sample((140, 120), n_objects=10, seed=5)[0]
+    image = np.stack([plane, plane[::-1]])  # c, y, x
+    path = write_ome(tmp_path / "two.ome.zarr", image, "cyx")
+    torch.manual_seed(1)
+    two_channels = UNet(UNetConfig(in_channels=2, base_channels=4, depth=2))
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ome-zarr")
+    channel = next(layer for layer in viewer.layers if isinstance(layer, Image))
+    assert channel.data[0].shape == (140, 120)  # napari-ome-zarr split the channels
+    model_store(viewer).set(two_channels, "test")
+    widget = SegmentWidget(viewer)
+    widget.image_layer.value = channel
+    assert widget.ome_zarr.offered
+    widget.ome_zarr.write.value = True
+    run(widget, qtbot)
+    expected = segment(two_channels, image, channel_axis=0)
+    np.testing.assert_array_equal(read_back(path / "labels" / "unet")[0], expected)
+
+    # a one-channel model: refused with one sentence, or, unticked, this channel alone
+    errors = []
+    monkeypatch.setattr(segment_widget, "show_error", errors.append)
+    one_channel = model_with_stored_postprocessing()
+    model_store(viewer).set(one_channel, "test")
+    run(widget, qtbot)
+    assert errors == [
+        "the OME-Zarr image has 2 channel(s) but the model takes 1; untick 'save into the "
+        "OME-Zarr' to segment this layer alone"
+    ]
+    widget.ome_zarr.write.value = False
+    run(widget, qtbot)
+    labels = viewer.layers[f"{channel.name} segmentation"].data
+    np.testing.assert_array_equal(labels[...], segment(one_channel, np.asarray(channel.data[0])))

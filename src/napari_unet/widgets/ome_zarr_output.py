@@ -65,15 +65,23 @@ class OmeZarrOutput(Container):
         self.offered = layer_ome_zarr(layer) is not None
         self.visible = self.offered
 
-    def request(self, layer: Layer, parent: Any) -> OmeZarrRequest | None:
-        """What to write for ``layer``: None when not asked for (or not an OME-Zarr).
+    def request(self, layer: Layer, parent: Any, in_channels: int) -> OmeZarrRequest | None:
+        """What to write for ``layer`` with a model taking ``in_channels`` channels: None
+        when not asked for (or not an OME-Zarr).
 
         Raises:
-            BadChoice: a bad name, or the user declined to replace existing labels.
+            BadChoice: a bad name, an image whose channels the model does not take, or
+                the user declined to replace existing labels.
         """
         source = layer_ome_zarr(layer)
         if source is None or not self.write.value:
             return None
+        channels = source.shape[source.axes.index("c")] if "c" in source.axes else 1
+        if channels != in_channels:
+            raise BadChoice(
+                f"the OME-Zarr image has {channels} channel(s) but the model takes "
+                f"{in_channels}; untick 'save into the OME-Zarr' to segment this layer alone"
+            )
         name = self.label_name.value.strip()
         if not name or "/" in name or name.startswith("."):
             raise BadChoice(f"label name {name!r} must be a plain, non-empty name")

@@ -148,8 +148,9 @@ class SegmentWidget(Container):
             model = self.store.model
             if model is None:
                 raise BadChoice("no model loaded: train one in 'Train U-Net' or load a file")
-            source = image_input(layer, model.config.in_channels)
-            request = self.ome_zarr.request(layer, self.native)
+            request = self.ome_zarr.request(layer, self.native, model.config.in_channels)
+            # the OME-Zarr path reads the file itself (all channels): the layer places it
+            source = layer if request else image_input(layer, model.config.in_channels)
         except BadChoice as error:
             show_error(str(error))
             return
@@ -229,7 +230,7 @@ class SegmentWidget(Container):
     def _show(
         self,
         layer: Image,
-        source: ImageInput,
+        source: ImageInput | Image,
         model: Any,
         result: tuple[np.ndarray, np.ndarray | None],
     ) -> None:
