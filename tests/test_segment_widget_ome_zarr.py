@@ -147,3 +147,43 @@ def test_channels_split_by_the_reader_segment_the_whole_ome_zarr_image(
     run(widget, qtbot)
     labels = viewer.layers[f"{channel.name} segmentation"].data
     np.testing.assert_array_equal(labels[...], segment(one_channel, np.asarray(channel.data[0])))
+
+
+def test_cancel_leaves_the_layers_and_the_next_run_asks(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    import threading
+
+    from napari_unet import ngff
+    from test_widgets import gated
+
+    image = make_sample((140, 120), n_objects=10, seed=6)[0]
+    path = write_ome(tmp_path / "cells.ome.zarr", image, "yx")
+    model = model_with_stored_postprocessing()
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ome-zarr")
+    layers = list(viewer.layers)
+    model_store(viewer).set(model, "test")
+    gate = threading.Event()
+    job = gated(segment_widget.segment_ome_zarr_job, gate)
+    monkeypatch.setattr(segment_widget, "segment_ome_zarr_job", job)
+    widget = SegmentWidget(viewer)
+    widget.ome_zarr.write.value = True
+    widget.segment()
+    widget.cancel_button.native.click()
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert "cancelled" in widget.status.value and list(viewer.layers) == layers
+    assert ngff.labels_exist(path, "unet")  # begun, marked incomplete
+    assert zarr.open_group(str(path / "labels" / "unet")).attrs["napari_unet"]["complete"] is False
+
+    asked = []
+
+    def agree(parent, what):
+        asked.append(what)
+        return True
+
+    monkeypatch.setattr(_dialogs, "confirm_replace", agree)
+    run(widget, qtbot)
+    assert asked == [f"labels/unet in {path}"]
+    np.testing.assert_array_equal(read_back(path / "labels" / "unet")[0], segment(model, image))
