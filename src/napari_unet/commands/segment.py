@@ -48,7 +48,11 @@ def register(subparsers) -> None:
         help="none (this process), local (a LocalCluster) or a scheduler address such as "
         "tcp://host:8786; default: none or local, whichever is estimated faster",
     )
-    parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="LocalCluster worker processes (default 2; given alone, implies --cluster local)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace labels of that name made otherwise"
     )
