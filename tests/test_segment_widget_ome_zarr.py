@@ -155,7 +155,6 @@ def test_cancel_leaves_the_layers_and_the_next_run_asks(
     import threading
 
     from napari_unet import ngff
-    from test_widgets import gated
 
     image = make_sample((140, 120), n_objects=10, seed=6)[0]
     path = write_ome(tmp_path / "cells.ome.zarr", image, "yx")
@@ -164,12 +163,23 @@ def test_cancel_leaves_the_layers_and_the_next_run_asks(
     viewer.open(str(path), plugin="napari-ome-zarr")
     layers = list(viewer.layers)
     model_store(viewer).set(model, "test")
-    gate = threading.Event()
-    job = gated(segment_widget.segment_ome_zarr_job, gate)
-    monkeypatch.setattr(segment_widget, "segment_ome_zarr_job", job)
+    started, gate = threading.Event(), threading.Event()
+    job = segment_widget.segment_ome_zarr_job
+
+    def gated(*args, **kwargs):
+        """The job, held after its first progress report (labels created, none computed)."""
+        run = job(*args, **kwargs)
+        first = next(run)
+        started.set()
+        yield first
+        gate.wait(WAIT_MS / 1000)
+        return (yield from run)
+
+    monkeypatch.setattr(segment_widget, "segment_ome_zarr_job", gated)
     widget = SegmentWidget(viewer)
     widget.ome_zarr.write.value = True
     widget.segment()
+    qtbot.waitUntil(started.is_set, timeout=WAIT_MS)
     widget.cancel_button.native.click()
     gate.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)

@@ -103,6 +103,8 @@ def segment_files_iter(
         if resume is True:
             notify(f"{file.name}: already segmented into {plan.target.store}, skipped")
         else:
+            if resume == "resume":
+                notify(f"{file.name}: {distributed.resume_note(plan)}")
             todo.append((file, plan, run, resume))
     targets = [plan.target for plan, _ in plans]
     if not todo:

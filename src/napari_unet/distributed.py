@@ -133,12 +133,10 @@ def segment_dataset_iter(
             )
         )
     plan, run = make_plan(image, model, out, name, channel_axis, block_size, threshold, expand,
-                      min_size, settings)  # fmt: skip
+                          min_size, settings)  # fmt: skip
     resume = check_existing(plan.target, run, overwrite)
     if resume == "resume":
-        bands = [(z, b) for z in range(len(plan.lo_hi)) for b in range(plan.grid.n_bands)]
-        skipped = sum(plan.marker("bands", z, b).exists() for z, b in bands)
-        notify(f"resuming: {skipped} of {len(bands)} bands already done")
+        notify(resume_note(plan))
     if resume is True:
         notify(f"labels/{name} in {out} are already complete")
         return plan.target
@@ -165,18 +163,25 @@ def segment_planned(plan: Plan, run: dict, resume, client, overwrite: bool, noti
     return plan.target
 
 
+def resume_note(plan: Plan) -> str:
+    """ "resuming: k of n bands already done" for an interrupted run of ``plan``."""
+    bands = [(z, b) for z in range(len(plan.lo_hi)) for b in range(plan.grid.n_bands)]
+    skipped = sum(plan.marker("bands", z, b).exists() for z, b in bands)
+    return f"resuming: {skipped} of {len(bands)} bands already done"
+
+
 def plan_megapixels(plan: Plan) -> float:
     """Output megapixels of a plan: planes x Y x X, in millions."""
     return len(plan.lo_hi) * plan.grid.height * plan.grid.width / 1e6
 
 
-def choose_cluster(model_path, megapixels: float, plan: Plan | None, notify):
-    """("none" or "local", workers) by :func:`napari_unet.cluster_choice.choose`; says
-    which and why through ``notify``."""
+def choose_cluster(model_path: str, megapixels: float, plan: Plan, notify):
+    """("none" or "local", workers) for ``megapixels`` of output with ``plan``'s run
+    settings, by :func:`napari_unet.cluster_choice.choose`; says which and why through
+    ``notify``."""
     from .cluster_choice import choose
 
-    fixed = {} if plan is None else dict(plan.settings)
-    choice = choose(model_path, megapixels, fixed)
+    choice = choose(model_path, megapixels, dict(plan.settings))
     notify(f"cluster: {choice.cluster} ({choice.reason})")
     return choice.cluster, choice.workers
 
@@ -189,7 +194,7 @@ def close(client) -> None:
 
 
 def make_plan(image, model, out, name, channel_axis, block_size, threshold, expand, min_size,
-          settings) -> tuple[Plan, dict]:  # fmt: skip
+              settings) -> tuple[Plan, dict]:  # fmt: skip
     """Validate everything (nothing written) and fix the run: settings, percentiles."""
     import dask
 
