@@ -17,6 +17,7 @@ Both print the machine, torch version and thread count with the results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -84,7 +85,7 @@ def engine_steps(settings: TrainSettings, image, labels, steps: int) -> float:
     run = train_iter([image], [labels], settings=settings.replace(iterations=steps + 3))
     times = []
     for record in run:
-        times.append(record["elapsed"])
+        times.append(record.elapsed)
     return steps / (times[-1] - times[2])  # excluding the first 3 steps (setup)
 
 
@@ -155,24 +156,24 @@ def accuracy(args) -> None:
     def keep(record) -> None:
         nonlocal prep_s
         if not records:
-            prep_s = time.perf_counter() - begin - record["elapsed"]
+            prep_s = time.perf_counter() - begin - record.elapsed
             print(f"data preparation (targets, weight maps): {prep_s:.0f} s")
-        if "preview_model" in record:
-            snapshots.append((record["elapsed"] / 60, record.pop("preview_model")))
-        if "val" in record:
-            minutes = record["elapsed"] / 60
-            print(f"  {minutes:5.2f} min step {record['iteration']}: {record['val']}")
-        records.append({k: v for k, v in record.items() if k != "preview_model"})
+        if record.preview_model is not None:
+            snapshots.append((record.elapsed / 60, record.preview_model))
+        if record.val is not None:
+            minutes = record.elapsed / 60
+            print(f"  {minutes:5.2f} min step {record.iteration}: {record.val}")
+        records.append(dataclasses.replace(record, preview_model=None))
 
     final = drain(run, keep)
-    print(f"trained {records[-1]['iteration']} steps in {records[-1]['elapsed']:.0f} s")
+    print(f"trained {records[-1].iteration} steps in {records[-1].elapsed:.0f} s")
     # snapshots get their threshold and growth tuned on the training's own validation
     # split, as train_iter tunes the model it returns
     val_planes = split_planes(
         [p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings
     )[1]
     curve = []
-    for minutes, model in [*snapshots, (records[-1]["elapsed"] / 60, final)]:
+    for minutes, model in [*snapshots, (records[-1].elapsed / 60, final)]:
         model = model.cpu()
         if not model.info.postprocess:
             predictor = Predictor.prepare(model, device="cpu")
@@ -185,11 +186,11 @@ def accuracy(args) -> None:
         "machine": machine(),
         "data": str(args.data),
         "settings": settings.to_dict(),
-        "steps": records[-1]["iteration"],
+        "steps": records[-1].iteration,
         "prep_s": prep_s,
         "curve": curve,
-        "loss": [(r["elapsed"], r["loss"]) for r in records[:: max(1, len(records) // 500)]],
-        "val": [r["val"] | {"elapsed": r["elapsed"]} for r in records if "val" in r],
+        "loss": [(r.elapsed, r.loss) for r in records[:: max(1, len(records) // 500)]],
+        "val": [r.val | {"elapsed": r.elapsed} for r in records if r.val is not None],
     }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

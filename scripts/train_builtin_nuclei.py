@@ -82,9 +82,9 @@ def main(argv=None) -> int:
     print(f"{len(train_pairs)} training / {len(held_out)} held-out images; {changes}", flush=True)
 
     def show(record) -> None:
-        if "val" in record:
-            minutes = record["elapsed"] / 60
-            print(f"  {minutes:5.1f} min step {record['iteration']}: {record['val']}", flush=True)
+        if record.val is not None:
+            minutes = record.elapsed / 60
+            print(f"  {minutes:5.1f} min step {record.iteration}: {record.val}", flush=True)
 
     run = train_iter([p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings)
     model = drain(run, show).cpu()

@@ -288,8 +288,8 @@ def test_erased_labels_during_training_keep_the_last_good_data():
 
     with pytest.warns(RuntimeWarning, match="new annotation was not used"):
         records, model = collect(train_iter([image], [labels], settings=settings, refresh=erase))
-    assert [r["iteration"] for r in records] == [1, 2, 3]
-    assert "no object labelled inside the annotated region" in records[0]["notice"]
+    assert [r.iteration for r in records] == [1, 2, 3]
+    assert "no object labelled inside the annotated region" in records[0].notice
     assert model.info.history["iterations"] == 3
 
 

@@ -49,10 +49,10 @@ def pairs():
 
 def test_records_and_budget_by_iterations(pairs):
     records, model = collect(train_iter(*pairs, settings=TINY))
-    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
-    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in records)
-    assert records[-1]["progress"] == 1.0
-    assert not records[0]["preview_model"].training
+    assert [r.iteration for r in records] == [1, 2, 3, 4]
+    assert all(np.isfinite(r.loss) and r.lr > 0 for r in records)
+    assert records[-1].progress == 1.0
+    assert not records[0].preview_model.training
     assert model.info.training["gap"] == 1 and model.info.task == "instance"
     assert model.info.history["iterations"] == 4
 
@@ -60,7 +60,7 @@ def test_records_and_budget_by_iterations(pairs):
 def test_budget_by_minutes_stops_in_time(pairs):
     settings = TINY.replace(iterations=None, minutes=1.5 / 60)
     records, _ = collect(train_iter(*pairs, settings=settings))
-    assert 1.4 < records[-1]["elapsed"] < 10.0  # one step past the budget at most
+    assert 1.4 < records[-1].elapsed < 10.0  # one step past the budget at most
 
 
 def test_should_stop_ends_between_steps_and_saves_loadable_models(pairs, tmp_path):
@@ -72,8 +72,8 @@ def test_should_stop_ends_between_steps_and_saves_loadable_models(pairs, tmp_pat
         return next(count) >= 5
 
     records, model = collect(run)
-    assert max(r["iteration"] for r in records) == 5
-    assert "val" in records[-1] and set(records[-1]["val"]) >= {"ap50", "iou", "rand_error"}
+    assert max(r.iteration for r in records) == 5
+    assert set(records[-1].val) >= {"ap50", "iou", "rand_error"}
     best, last = load_model(tmp_path / BEST_NAME), load_model(tmp_path / LAST_NAME)
     assert last.info.history["iterations"] == 5
     x = torch.rand(1, 1, 60, 60)
@@ -84,15 +84,15 @@ def test_training_learns_the_sample():
     image, labels = make_sample((96, 96), n_objects=8, seed=0)
     settings = TINY.replace(iterations=40, lr=1e-2, precision="auto")
     records, _ = collect(train_iter([image], [labels], settings=settings))
-    first = np.mean([r["loss"] for r in records[:5]])
-    last = np.mean([r["loss"] for r in records[-5:]])
+    first = np.mean([r.loss for r in records[:5]])
+    last = np.mean([r.loss for r in records[-5:]])
     assert last < 0.7 * first
 
 
 def test_seeded_runs_are_reproducible(pairs):
     a, _ = collect(train_iter(*pairs, settings=TINY))
     b, _ = collect(train_iter(*pairs, settings=TINY))
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r.loss for r in a] == [r.loss for r in b]
 
 
 def test_fine_tune_from_file_and_channel_mismatch(pairs, tmp_path):

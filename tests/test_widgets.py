@@ -267,10 +267,14 @@ def test_widget_opens_directly_and_follows_the_layers(sample_viewer, widget_type
     assert new not in choices.choices
 
 
-def test_sample_data_opens_through_the_manifest(make_napari_viewer):
+@pytest.mark.parametrize(
+    ("key", "names"),
+    [("touching_cells", ["cells", "cells labels"]), ("nuclei", ["nuclei", "nuclei labels"])],
+)
+def test_sample_data_opens_through_the_manifest(make_napari_viewer, key, names):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-unet", "touching_cells")
-    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"]
+    viewer.open_sample("napari-unet", key)
+    assert [layer.name for layer in viewer.layers] == names
 
 
 def test_a_job_failing_with_a_runtime_error_reports_it_and_finishes(
@@ -506,15 +510,15 @@ def test_train_stop_save_segment(sample_viewer, qtbot, tiny_preset, tmp_path, mo
     assert train.busy and train.stop_button.enabled
     train._worker.yielded.connect(records.append)
     qtbot.waitUntil(  # previews come every 0.2 s: wait for one, however fast the steps
-        lambda: len(records) >= 25 and any("preview" in record for record in records),
+        lambda: len(records) >= 25 and any(record.preview is not None for record in records),
         timeout=WAIT_MS,
     )
     train.stop_button.native.click()
     qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
 
-    steps = max(record["iteration"] for record in records)
+    steps = max(record.iteration for record in records)
     assert 25 <= steps < 100_000  # stopped before the budget
-    assert any("val" in record for record in records)
+    assert any(record.val is not None for record in records)
     model = model_store(sample_viewer).model
     assert model is not None and model.info.task == "instance"
     assert "trained on 'cells'" in segment.model_info.value
@@ -657,7 +661,9 @@ def test_ui_stays_responsive_while_training(
     kinds: set[str] = set()
     widget.train()
     widget._worker.yielded.connect(lambda record: received.append(clocks()))
-    widget._worker.yielded.connect(lambda record: kinds.update(record))
+    widget._worker.yielded.connect(
+        lambda record: kinds.update(k for k in ("val", "preview") if getattr(record, k))
+    )
     timer.start(10)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     timer.stop()
@@ -753,7 +759,7 @@ def test_live_preview_of_a_semantic_model_shows_class_ids(
     widget.mode.value = "semantic"
     previews = []
     widget.train()
-    widget._worker.yielded.connect(lambda record: previews.append("preview" in record))
+    widget._worker.yielded.connect(lambda record: previews.append(record.preview is not None))
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert any(previews)
     preview = sample_viewer.layers["cells preview"]

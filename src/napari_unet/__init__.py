@@ -32,8 +32,9 @@ _LAZY = {
     "segment_dataset": "distributed",
     "train": "training",
     "train_iter": "training",
-    "TrainSettings": "training",
-    "PRESETS": "training",
+    "TrainSettings": "train_settings",
+    "PRESETS": "train_settings",
+    "StepRecord": "train_record",  # no torch
     "make_sample": "sample_data",  # numpy
 }
 

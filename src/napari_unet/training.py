@@ -1,17 +1,19 @@
-"""Training engine: from annotated images to a U-Net, as a generator of progress records.
+"""Training engine: from annotated images to a U-Net, as a generator of step records.
 
 ``train_iter`` follows the paper (random valid-size tiles with mirrored context,
 elastic deformation, pixel-wise softmax cross-entropy weighted by the border
 weight map) with settings that are fast on a CPU by default (a narrower, shallower
 net, Adam with a cosine schedule, small tile batches, the autocast precision measured
-fastest on the machine). The paper's own recipe is the ``"paper"`` preset. See
-docs/training.md for measurements.
+fastest on the machine). The paper's own recipe is the ``"paper"`` preset. Settings
+and presets live in :mod:`napari_unet.train_settings`, validation and post-processing
+tuning in :mod:`napari_unet.validation`, the step record in
+:mod:`napari_unet.train_record`. See docs/training.md for measurements.
 
 Usage::
 
     run = train_iter(images, labels, settings=PRESETS["fast"], out_dir="models")
-    for record in run:           # one record per optimiser step
-        print(record["iteration"], record["loss"])
+    for record in run:           # one StepRecord per optimiser step
+        print(record.iteration, record.loss)
     # or: model = train(images, labels, ...)
 """
 
@@ -19,218 +21,39 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import hardware
-from .augment import AugmentSettings, augment
-from .config import ModelInfo, UNetConfig
+from .augment import augment
+from .config import ModelInfo
 from .data import Plane, WeightCache, prepare_planes, split_validation
 from .devices import choose_device
-from .hardware import PRECISIONS, RunSettings
+from .hardware import RunSettings
 from .model import UNet
-from .postprocess import tune_instances
 from .predictor import Predictor
 from .progress import drain
 from .tiling import reflect_indices
+from .train_record import StepRecord
+from .train_settings import PRESETS, SELECT_BY, TrainSettings
+from .validation import _validation_set, evaluate, score, tune_postprocess
 
-SELECT_BY = ("ap50", "rand_error")
+__all__ = [
+    "BEST_NAME", "LAST_NAME", "PRESETS", "SELECT_BY", "StepRecord", "TileSource",
+    "TrainSettings", "_validation_set", "evaluate", "run_settings", "score", "split_planes",
+    "train", "train_iter", "tune_postprocess", "weighted_cross_entropy",
+]  # fmt: skip
+
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
-
-
-@dataclass
-class TrainSettings:
-    """Everything that defines a training run (stored in ``ModelInfo.training``).
-
-    Attributes:
-        base_channels, depth, dropout: network width/depth (see :class:`UNetConfig`).
-        tile_size: network input edge in px (must be valid for ``depth``); the
-            output tile is ``tile_size - shrink``.
-        batch_size: tiles per optimiser step.
-        optimizer: "adam" or "sgd".
-        lr: peak learning rate; ``schedule`` "cosine" decays it to ~0 over the
-            budget after ``warmup`` (fraction of the budget), "constant" keeps it.
-        momentum: SGD momentum (paper: 0.99).
-        weight_decay: L2 penalty.
-        iterations / minutes: budget; the first reached ends training (one needed).
-        w0, sigma: border weight parameters (paper: 10, 5 px).
-        gap: px each object is eroded by in the instance target (touching objects
-            get a ``2 * gap`` background line); prediction grows objects back by it.
-        normalization: percentiles mapped to 0 and 1 (stored in the model).
-        augment: augmentation strengths.
-        val_fraction: share of planes (or of the rows of a single plane) held out.
-        val_every_s / val_every: validate every so many seconds (stretched so that
-            validation takes at most ~10 % of the time) and/or steps.
-        val_max_planes: at most this many planes are held out.
-        preview_every_s: put a ``preview_model`` snapshot in a record this often.
-        refresh_every_s: call ``refresh`` this often.
-        device: "auto", "cpu", "cuda", "mps", ...
-        precision: "auto" (the autocast precision :mod:`napari_unet.hardware`
-            measured fastest for this network on this device, as inference uses),
-            "bf16", "fp16" or "fp32".
-        channels_last: NHWC memory layout; None: as measured (see ``precision``).
-        threads: torch CPU threads (None: torch's default).
-        seed: seeds tiles, augmentation, initialisation and the validation split.
-        select_by: the validation metric that picks the best model and, for
-            instances, the segmentation threshold and growth (``ModelInfo.postprocess``):
-            "ap50" (AP at IoU 0.5: separate objects, e.g. nuclei) or "rand_error"
-            (lowest Rand error: dense tissue such as EM, where cells fill the image).
-            Semantic models always use the mean IoU.
-    """
-
-    base_channels: int = 16
-    depth: int = 3
-    dropout: float = 0.0
-    tile_size: int = 188
-    batch_size: int = 4
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup: float = 0.02
-    iterations: int | None = None
-    minutes: float | None = 10.0
-    w0: float = 10.0
-    sigma: float = 5.0
-    gap: int = 1
-    normalization: dict[str, float] = field(default_factory=lambda: {"low": 1.0, "high": 99.8})
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
-    val_fraction: float = 0.1
-    val_every_s: float | None = 60.0
-    val_every: int | None = None
-    val_max_planes: int = 24
-    preview_every_s: float = 5.0
-    refresh_every_s: float = 10.0
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    threads: int | None = None
-    seed: int | None = 0
-    select_by: str = "ap50"
-
-    def __post_init__(self) -> None:
-        if self.select_by not in SELECT_BY:
-            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"precision must be auto/bf16/fp16/fp32, got {self.precision!r}")
-        if self.iterations is None and self.minutes is None:
-            raise ValueError("give a training budget: iterations and/or minutes")
-        self._check_numbers()
-        if isinstance(self.augment, dict):
-            self.augment = AugmentSettings(**self.augment)
-        self.config().output_size(self.tile_size)  # raises for an invalid tile size
-
-    def _check_numbers(self) -> None:
-        """Raise ValueError naming the first numeric setting outside its range."""
-        for name, (low, high) in _INTEGER_RANGES.items():
-            value = getattr(self, name)
-            if (value is not None or name not in _OPTIONAL) and not (
-                _is_integer(value) and low <= value <= high
-            ):
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-        for name, interval in _NUMBER_RANGES.items():
-            value = getattr(self, name)
-            if (value is not None or name not in _OPTIONAL) and not _in_interval(value, interval):
-                raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-        low, high = (self.normalization.get(k) for k in ("low", "high"))
-        if not (_in_interval(low, "[0, 100]") and _in_interval(high, "[0, 100]") and low < high):
-            raise ValueError(
-                "normalization must give percentiles 0 <= low < high <= 100, "
-                f"got {self.normalization!r}"
-            )
-
-    def config(self, in_channels: int = 1, n_classes: int = 2) -> UNetConfig:
-        return UNetConfig(in_channels, n_classes, self.base_channels, self.depth, self.dropout)
-
-    def replace(self, **changes: Any) -> TrainSettings:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-#: name: (lowest, highest) of the whole-number settings (None: not set, where allowed).
-_INTEGER_RANGES = {
-    "tile_size": (1, math.inf),
-    "batch_size": (1, math.inf),
-    "iterations": (1, math.inf),
-    "gap": (0, math.inf),
-    "val_every": (1, math.inf),
-    "val_max_planes": (1, math.inf),
-    "threads": (1, math.inf),
-}
-_OPTIONAL = ("iterations", "minutes", "val_every", "val_every_s", "threads")
-#: name: interval of the real-valued settings, "[" / "]" closed, "(" / ")" open.
-_NUMBER_RANGES = {
-    "lr": "(0, inf)",
-    "momentum": "[0, 1)",
-    "weight_decay": "[0, inf)",
-    "warmup": "[0, 1)",
-    "minutes": "(0, inf)",
-    "w0": "[0, inf)",
-    "sigma": "(0, inf)",
-    "val_fraction": "[0, 1)",
-    "val_every_s": "(0, inf]",
-    "preview_every_s": "[0, inf]",
-    "refresh_every_s": "[0, inf]",
-}
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _in_interval(value: Any, interval: str) -> bool:
-    """True for a real ``value`` inside ``interval``, e.g. ``"(0, inf)"`` or ``"[0, 1)"``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return False
-    low, high = (float(text) for text in interval[1:-1].split(","))
-    above = value > low if interval[0] == "(" else value >= low
-    below = value < high if interval[-1] == ")" else value <= high
-    return above and below  # False for NaN
-
-
-#: Named presets. "fast" is the measured CPU default (docs/training.md); "paper" is
-#: the recipe of Ronneberger et al. 2015: 64 base channels, depth 4, dropout 0.5,
-#: one large 572-px tile per step, SGD with momentum 0.99; "dense" is "fast" for
-#: tissue that cells fill (EM): a 2 px gap each side, best model and segmentation
-#: settings chosen by the Rand error (measured on ISBI 2012).
-PRESETS: dict[str, TrainSettings] = {
-    "fast": TrainSettings(),
-    "paper": TrainSettings(
-        base_channels=64,
-        depth=4,
-        dropout=0.5,
-        tile_size=572,
-        batch_size=1,
-        optimizer="sgd",
-        lr=0.01,
-        momentum=0.99,
-        schedule="constant",
-        warmup=0.0,
-        minutes=None,
-        iterations=10_000,
-        precision="fp32",
-        channels_last=False,
-    ),
-    # dense tissue (EM): cells fill the image, split by thin membranes
-    "dense": TrainSettings(gap=2, select_by="rand_error"),
-}
 
 
 # -- device and run settings --------------------------------------------------------
@@ -303,87 +126,6 @@ def weighted_cross_entropy(
     return (loss * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-# -- validation (through the one prediction path) ----------------------------------
-def evaluate(predictor: Predictor, planes: Sequence[Plane]) -> dict[str, float]:
-    """Validation metrics of ``predictor``'s model on held-out planes, restricted to
-    their annotated region, with the model's stored post-processing.
-
-    Instance: ``ap50`` (TP/(TP+FP+FN) at IoU 0.5 over all planes), ``iou``
-    (foreground IoU), ``rand_error`` (foreground-restricted). Semantic: ``iou``
-    (mean over classes) and ``pixel_error``.
-    """
-    probabilities, truths, scorer = _validation_set(predictor, planes)
-    return scorer(truths, [predictor.to_labels(p) for p in probabilities])
-
-
-def tune_postprocess(
-    predictor: Predictor, planes: Sequence[Plane], select_by: str
-) -> dict[str, float]:
-    """Instance threshold and growth that score best by ``select_by`` on validation
-    planes (see :func:`napari_unet.postprocess.tune_instances`), with the metrics there."""
-    probabilities, truths, scorer = _validation_set(predictor, planes)
-    found = tune_instances(
-        [p[1] for p in probabilities],
-        truths,
-        lambda truths, preds: score(scorer(truths, preds), select_by),
-    )
-    post = predictor.postprocess(threshold=found["threshold"], expand=found["expand"])
-    preds = [predictor.to_labels(p, post) for p in probabilities]
-    return {"threshold": found["threshold"], "expand": found["expand"], **scorer(truths, preds)}
-
-
-def _validation_set(predictor: Predictor, planes: Sequence[Plane]):
-    """Probabilities (n_classes, Y, X) of each (normalised) plane, their truths cropped
-    to the annotated region's box, and ``scorer(truths, labels)`` -> metrics, which
-    crops whole-plane labels to the same boxes and masks them to the region (semantic
-    labels are compared as painted: class id + 1)."""
-    from . import metrics
-
-    task = predictor.model.info.task
-    probabilities, truths, boxes = [], [], []
-    for plane in planes:
-        region = plane.weight > 0
-        rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
-        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        probs = predictor.probabilities(plane.image, channel_axis=0, normalized=True)
-        probabilities.append(probs)
-        truths.append(np.where(region[box], plane.labels[box], 0))
-        boxes.append((box, region[box]))
-
-    def scorer(gts, labels) -> dict[str, float]:
-        if task == "semantic":  # class ids as painted: 1 = background, 2.. = classes
-            labels = [lab + 1 for lab in labels]
-        preds = [np.where(inside, lab[box], 0) for lab, (box, inside) in zip(labels, boxes)]
-        if task == "semantic":
-            gt = np.concatenate([g.ravel() for g in gts])
-            pr = np.concatenate([p.ravel() for p in preds])
-            annotated = gt > 0
-            ious = [
-                np.sum((gt == c) & (pr == c) & annotated)
-                / np.sum(((gt == c) | (pr == c)) & annotated)
-                for c in np.unique(gt[annotated])
-            ]
-            return {
-                "iou": float(np.mean(ious)),
-                "pixel_error": float(np.mean(gt[annotated] != pr[annotated])),
-            }
-        return {
-            "ap50": float(metrics.average_precision(gts, preds, iou=0.5)),
-            "iou": float(np.mean([metrics.foreground_iou(g, p) for g, p in zip(gts, preds)])),
-            "rand_error": float(np.mean([metrics.rand_error(g, p) for g, p in zip(gts, preds)])),
-        }
-
-    return probabilities, truths, scorer
-
-
-def score(metrics: dict[str, float], select_by: str = "ap50") -> float:
-    """The number the best model maximises: AP@0.5 (or minus the Rand error, for
-    ``select_by="rand_error"``) for instances, mean IoU for classes."""
-    if "ap50" not in metrics:
-        return metrics.get("iou", 0.0)
-    return -metrics["rand_error"] if select_by == "rand_error" else metrics["ap50"]
-
-
 # -- the engine --------------------------------------------------------------------
 def _initial_model(init_model, settings, in_channels, n_classes, mode, device) -> UNet:
     if init_model is None:
@@ -451,6 +193,213 @@ def split_planes(
     return train_planes, val_planes, channels, classes
 
 
+# -- the pieces of the loop ------------------------------------------------------------
+def make_optimizer(model: UNet, settings: TrainSettings) -> torch.optim.Optimizer:
+    """Adam or SGD (with ``settings.momentum``) over the model's parameters."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+
+
+def _learning_rate(settings: TrainSettings, progress: float) -> float:
+    """The learning rate at ``progress`` (0..1 of the budget): a linear warm-up over
+    ``settings.warmup``, then constant or a cosine decay to 0."""
+    if settings.warmup > 0 and progress < settings.warmup:
+        return settings.lr * max(progress / settings.warmup, 0.01)
+    if settings.schedule == "constant":
+        return settings.lr
+    span = (progress - settings.warmup) / max(1e-9, 1 - settings.warmup)
+    return settings.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, span)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(
+    model: UNet,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    run: RunSettings,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> float:
+    """One forward/backward/update on ``batch`` = (x (B, C, T, T), target (B, O, O),
+    weight (B, O, O)); returns the loss as a float."""
+    x, target, weight = batch
+    with run.autocast(x.device):
+        logits = model(x)
+    loss = weighted_cross_entropy(logits, target, weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+class Budget:
+    """How much of the training budget is used: the larger of the share of
+    ``settings.iterations`` steps and of ``settings.minutes``, capped at 1."""
+
+    def __init__(self, settings: TrainSettings, start: float):
+        self.start = start
+        self.seconds = settings.minutes * 60 if settings.minutes is not None else math.inf
+        self.steps = settings.iterations if settings.iterations is not None else math.inf
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def progress(self, iteration: int) -> float:
+        return min(1.0, max(iteration / self.steps, self.elapsed() / self.seconds))
+
+
+class Every:
+    """True from :meth:`due` at most once per ``seconds`` (perf_counter clock)."""
+
+    def __init__(self, seconds: float, start: float):
+        self.seconds, self.last = seconds, start
+
+    def due(self, now: float) -> bool:
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+class ValidationClock:
+    """When to validate: every ``val_every`` steps and/or every ``val_every_s``
+    seconds, stretched so that validation takes at most ~10 % of the time."""
+
+    def __init__(self, settings: TrainSettings, start: float):
+        self.every_s = settings.val_every_s or math.inf
+        self.every_steps = settings.val_every
+        self.next_time = start + self.every_s
+
+    def due(self, now: float, iteration: int) -> bool:
+        by_step = self.every_steps is not None and iteration % self.every_steps == 0
+        return now >= self.next_time or by_step
+
+    def took(self, seconds: float, now: float) -> None:
+        self.next_time = now + max(self.every_s, 9 * seconds)
+
+
+class BestTracker:
+    """The best model by validation so far (its score, metrics and weights) and the
+    validation history; writes ``out_dir / BEST_NAME`` on every improvement."""
+
+    def __init__(self, select_by: str, out_dir: Path | None):
+        self.select_by, self.out_dir = select_by, out_dir
+        self.score, self.metrics, self.state = -math.inf, None, None
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def best(self) -> float | None:
+        """The best score, None before any validation."""
+        return self.score if self.state is not None else None
+
+    def add(self, model: UNet, metrics: dict[str, float], iteration: int, elapsed: float):
+        """Record one validation (``elapsed`` in s); keep and save the model if it is best."""
+        self.history.append({"iteration": iteration, "elapsed": elapsed, **metrics})
+        if score(metrics, self.select_by) > self.score:
+            self.score, self.metrics = score(metrics, self.select_by), metrics
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self.out_dir is not None:
+                _save(self.stamp(model, iteration, elapsed), self.out_dir / BEST_NAME)
+
+    def stamp(self, model: UNet, iteration: int, elapsed: float) -> UNet:
+        """``model`` with its ``info.history`` (steps, seconds, best and all validations)."""
+        model.info.history = {
+            "iterations": iteration,
+            "seconds": round(elapsed, 1),
+            "best_val": self.metrics,
+            "val": self.history,
+        }
+        return model
+
+
+def _resolve_init(init_model: UNet | str | Path | None):
+    """(init model or None, its classes or None, the normalisation to use or None)."""
+    if init_model is None:
+        return None, None, None
+    if isinstance(init_model, (str, Path)):
+        from .model_io import load_model
+
+        init_model = load_model(init_model, device="cpu")
+    return init_model, init_model.config.n_classes, init_model.info.normalization
+
+
+def _refreshed(new: tuple, load: Callable, device: torch.device, rng: np.random.Generator):
+    """(tile source, validation planes, None) of new ``(images, labels, masks)``, or
+    (None, None, notice) when they cannot be used (e.g. all labels erased)."""
+    try:
+        train_planes, val_planes, _, _ = load(*new)
+        return TileSource(train_planes, device, rng), val_planes, None
+    except ValueError as error:
+        notice = f"the new annotation was not used ({error}); training continues"
+        notice += " on the previous one"
+        warnings.warn(notice, RuntimeWarning, stacklevel=3)
+        return None, None, notice
+
+
+def _seeded(seed: int | None, device: torch.device):
+    """Seed torch's global generator (initialisation, dropout) and return the numpy
+    generator (tiles, validation split) and the torch one (augmentation) of ``seed``."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng.integers(2**62)))
+    return rng, generator
+
+
+def _training_info(settings: TrainSettings, mode: str, run: RunSettings, device) -> dict:
+    """What ``model.info.training`` records: the settings and how the run actually ran."""
+    return {
+        **settings.to_dict(), "gap": settings.gap, "mode": mode,
+        "precision_used": run.precision, "channels_last_used": run.channels_last,
+        "device_used": str(device),
+    }  # fmt: skip
+
+
+def draw_batch(
+    source: TileSource, settings: TrainSettings, config, run: RunSettings, generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``settings.batch_size`` augmented tiles: x (B, C, T, T) in ``run``'s memory format,
+    target and weight (B, O, O), T = ``settings.tile_size``, O = ``config.output_size(T)``."""
+    input_size = settings.tile_size
+    patch = settings.augment.patch_size(input_size)
+    tiles = source.sample(settings.batch_size, patch)
+    output_size = config.output_size(input_size)
+    x, target, weight = augment(*tiles, input_size, output_size, settings.augment, generator)
+    return x.contiguous(memory_format=run.memory_format), target, weight
+
+
+def _best_and_tuned(model: UNet, best: BestTracker, val_planes, device, run) -> UNet:
+    """``model`` with the best weights, and for instances the segmentation threshold and
+    growth that serve them best on ``val_planes`` (none: left as they are)."""
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    if model.info.task == "instance" and val_planes:
+        predictor = Predictor(model, device, run)
+        tuned = tune_postprocess(predictor, val_planes, best.select_by)
+        model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
+        model.info.history["postprocess_val"] = tuned
+    return model
+
+
+def _snapshot(model: UNet) -> UNet:
+    snapshot = copy.deepcopy(model).eval()
+    return snapshot.to(memory_format=torch.contiguous_format)
+
+
+# -- the loop --------------------------------------------------------------------------
 def train_iter(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -463,8 +412,9 @@ def train_iter(
     should_stop: Callable[[], bool] | None = None,
     refresh: Callable[[], tuple | None] | None = None,
     channel_axis: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Train a U-Net, yielding one record per optimiser step; returns the best model.
+) -> Iterator[StepRecord]:
+    """Train a U-Net, yielding one :class:`StepRecord` per optimiser step; returns the
+    best model.
 
     Args:
         images, labels, masks: training pairs (see :func:`napari_unet.data.prepare_planes`).
@@ -480,12 +430,10 @@ def train_iter(
             planes get new weight maps.
 
     Yields:
-        dict with ``iteration``, ``loss``, ``lr``, ``elapsed`` (s), ``progress``
-        (0..1), ``val`` (metrics dict, when computed), ``best`` (best validation
-        score so far), ``preview_model`` (an eval-mode copy, every
-        ``preview_every_s``), ``notice`` (a sentence, after a ``refresh`` whose data
-        could not be used, e.g. all labels erased: training goes on with the
-        previous data; also issued as a RuntimeWarning).
+        a :class:`StepRecord` per step (``val`` when validated, ``preview_model``
+        every ``preview_every_s``, ``notice`` after a refresh whose data could not be
+        used, also issued as a RuntimeWarning), and a last one with ``lr`` 0 and the
+        closing validation when there are validation planes.
 
     Returns:
         the best model by validation (the last one without validation data), on
@@ -498,196 +446,75 @@ def train_iter(
     device = choose_device(None if settings.device == "auto" else settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(rng.integers(2**62)))
+    rng, generator = _seeded(settings.seed, device)
 
-    n_classes = None
-    norm = settings.normalization
-    if init_model is not None and not isinstance(init_model, (str, Path)):
-        n_classes, norm = init_model.config.n_classes, init_model.info.normalization
-    elif isinstance(init_model, (str, Path)):
-        from .model_io import load_model
-
-        init_model = load_model(init_model, device="cpu")
-        n_classes, norm = init_model.config.n_classes, init_model.info.normalization
-    cache = WeightCache()
-
-    def load(images, labels, masks):
-        return split_planes(
-            images, labels, masks, settings=settings, mode=mode, normalization=norm,
-            channel_axis=channel_axis, n_classes=n_classes, cache=cache,
-        )  # fmt: skip
-
+    init_model, n_classes, normalization = _resolve_init(init_model)
+    load = functools.partial(
+        split_planes, settings=settings, mode=mode, normalization=normalization,
+        channel_axis=channel_axis, n_classes=n_classes, cache=WeightCache(),
+    )  # fmt: skip
     train_planes, val_planes, in_channels, n_classes = load(images, labels, masks)
     model = _initial_model(init_model, settings, in_channels, n_classes, mode, device)
     run = run_settings(model, device, settings)
-    dtype = PRECISIONS[run.precision] if run.precision != "fp32" else None
-    model.info.training = {
-        **settings.to_dict(), "gap": settings.gap, "mode": mode,
-        "precision_used": run.precision, "channels_last_used": run.channels_last,
-        "device_used": str(device),
-    }  # fmt: skip
+    model.info.training = _training_info(settings, mode, run, device)
     model = model.to(memory_format=run.memory_format)
     model.train()
     source = TileSource(train_planes, device, rng)
-
-    if settings.optimizer == "adam":
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        )
-    else:
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=settings.lr,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
-        )
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizer = make_optimizer(model, settings)
+    scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    input_size = settings.tile_size
-    output_size = model.config.output_size(input_size)
-    patch = settings.augment.patch_size(input_size)
-    budget_s = settings.minutes * 60 if settings.minutes is not None else math.inf
-    budget_it = settings.iterations if settings.iterations is not None else math.inf
-
-    best_score, best_state, best_metrics = -math.inf, None, None
-    history: list[dict[str, float]] = []
     start = time.perf_counter()
-    last_preview = last_refresh = start
-    next_val = start + (settings.val_every_s or math.inf)
-    iteration, loss_value = 0, float("nan")
-
-    def progress_now() -> float:
-        elapsed = time.perf_counter() - start
-        return min(1.0, max(iteration / budget_it, elapsed / budget_s))
-
-    def validate() -> dict[str, float]:
-        nonlocal best_score, best_state, best_metrics
-        metrics = evaluate(Predictor(model, device, run), val_planes)
-        history.append({"iteration": iteration, "elapsed": time.perf_counter() - start, **metrics})
-        if score(metrics, settings.select_by) > best_score:
-            best_score, best_metrics = score(metrics, settings.select_by), metrics
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out_dir is not None:
-                _save(
-                    _with_history(model, iteration, start, best_metrics, history),
-                    out_dir / BEST_NAME,
-                )
-        return metrics
-
-    notice = None
-    while progress_now() < 1.0 and not should_stop():
-        now = time.perf_counter()
-        if refresh is not None and now - last_refresh >= settings.refresh_every_s:
-            last_refresh = now
+    budget = Budget(settings, start)
+    best = BestTracker(settings.select_by, out_dir)
+    validation = ValidationClock(settings, start)
+    preview = Every(settings.preview_every_s, start)
+    refresh_clock = Every(settings.refresh_every_s, start)
+    iteration, loss, notice = 0, float("nan"), None
+    while budget.progress(iteration) < 1.0 and not should_stop():
+        if refresh is not None and refresh_clock.due(time.perf_counter()):
             new = refresh()
             if new is not None:
-                try:
-                    train_planes, val_planes, _, _ = load(*new)
-                    source = TileSource(train_planes, device, rng)
-                except ValueError as error:  # e.g. all labels erased: keep the last good data
-                    notice = f"the new annotation was not used ({error}); training continues"
-                    notice += " on the previous one"
-                    warnings.warn(notice, RuntimeWarning, stacklevel=2)
+                new_source, new_val, notice = _refreshed(new, load, device, rng)
+                if new_source is not None:
+                    source, val_planes = new_source, new_val
 
-        fraction = progress_now()
-        lr = _learning_rate(settings, fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sources = source.sample(settings.batch_size, patch)
-        x, target, weight = augment(*sources, input_size, output_size, settings.augment, generator)
-        x = x.contiguous(memory_format=run.memory_format)
-        with run.autocast(device):
-            logits = model(x)
-        loss = weighted_cross_entropy(logits, target, weight)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        lr = _learning_rate(settings, budget.progress(iteration))
+        set_learning_rate(optimizer, lr)
+        batch = draw_batch(source, settings, model.config, run, generator)
+        loss = optimizer_step(model, optimizer, scaler, run, batch)
         iteration += 1
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
+        if not math.isfinite(loss):
             raise FloatingPointError(
-                f"training diverged at step {iteration} (loss {loss_value}); lower the lr"
+                f"training diverged at step {iteration} (loss {loss}); lower the lr"
             )
 
         now = time.perf_counter()
-        record: dict[str, Any] = {
-            "iteration": iteration,
-            "loss": loss_value,
-            "lr": lr,
-            "elapsed": now - start,
-            "progress": progress_now(),
-        }
-        if notice is not None:
-            record["notice"], notice = notice, None
-        due_time = now >= next_val
-        due_step = settings.val_every is not None and iteration % settings.val_every == 0
-        if val_planes and (due_time or due_step):
-            record["val"] = validate()
+        record = StepRecord(iteration, loss, lr, now - start, budget.progress(iteration))
+        if val_planes and validation.due(now, iteration):
+            metrics = evaluate(Predictor(model, device, run), val_planes)
+            best.add(model, metrics, iteration, budget.elapsed())
             spent, now = time.perf_counter() - now, time.perf_counter()
-            # validation takes at most ~10 % of the time, however slow it is
-            next_val = now + max(settings.val_every_s or math.inf, 9 * spent)
-        if now - last_preview >= settings.preview_every_s:
-            last_preview = now
-            record["preview_model"] = _snapshot(model)
-        record["best"] = best_score if best_state is not None else None
-        yield record
+            validation.took(spent, now)
+            record = dataclasses.replace(record, val=metrics)
+        if preview.due(now):
+            record = dataclasses.replace(record, preview_model=_snapshot(model))
+        yield dataclasses.replace(record, best=best.best, notice=notice)
+        notice = None
 
     if val_planes and iteration > 0:
-        final = validate()
-        yield {
-            "iteration": iteration,
-            "loss": loss_value,
-            "lr": 0.0,
-            "elapsed": time.perf_counter() - start,
-            "progress": 1.0,
-            "val": final,
-            "best": best_score,
-        }
-    _with_history(model, iteration, start, best_metrics, history)
+        final = evaluate(Predictor(model, device, run), val_planes)
+        best.add(model, final, iteration, budget.elapsed())
+        yield StepRecord(iteration, loss, 0.0, budget.elapsed(), 1.0, val=final, best=best.score)
+    best.stamp(model, iteration, budget.elapsed())
     if out_dir is not None:
         _save(model, out_dir / LAST_NAME)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    if mode == "instance" and val_planes and iteration > 0:
-        # the segmentation threshold and growth that serve the best model best
-        tuned = tune_postprocess(Predictor(model, device, run), val_planes, settings.select_by)
-        model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
-        model.info.history["postprocess_val"] = tuned
-    if out_dir is not None and (best_state is None or model.info.postprocess):
+    model = _best_and_tuned(model, best, val_planes if iteration else [], device, run)
+    if out_dir is not None and (best.state is None or model.info.postprocess):
         _save(model, out_dir / BEST_NAME)
     return _snapshot(model)
-
-
-def _with_history(model, iteration, start, best_metrics, history) -> UNet:
-    model.info.history = {
-        "iterations": iteration,
-        "seconds": round(time.perf_counter() - start, 1),
-        "best_val": best_metrics,
-        "val": history,
-    }
-    return model
-
-
-def _snapshot(model: UNet) -> UNet:
-    snapshot = copy.deepcopy(model).eval()
-    return snapshot.to(memory_format=torch.contiguous_format)
-
-
-def _learning_rate(settings: TrainSettings, progress: float) -> float:
-    if settings.warmup > 0 and progress < settings.warmup:
-        return settings.lr * max(progress / settings.warmup, 0.01)
-    if settings.schedule == "constant":
-        return settings.lr
-    span = (progress - settings.warmup) / max(1e-9, 1 - settings.warmup)
-    return settings.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, span)))
 
 
 def train(images, labels, **kwargs) -> UNet:

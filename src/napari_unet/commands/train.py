@@ -6,6 +6,7 @@ import argparse
 import signal
 from pathlib import Path
 
+from ..train_record import StepRecord
 from ._files import LazyBar, read_image
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".npy")
@@ -167,11 +168,11 @@ def run(args: argparse.Namespace) -> int:
     bar_format = "{l_bar}{bar}| {elapsed}<{remaining} {postfix}"
     bar = LazyBar(total=1000, unit="‰", bar_format=bar_format)
 
-    def show(record) -> None:
-        bar().update(int(record["progress"] * 1000) - bar().n)
-        postfix = {"step": record["iteration"], "loss": f"{record['loss']:.3f}"}
-        if record.get("best") is not None:
-            postfix["best"] = f"{record['best']:.3f}"
+    def show(record: StepRecord) -> None:
+        bar().update(int(record.progress * 1000) - bar().n)
+        postfix = {"step": record.iteration, "loss": f"{record.loss:.3f}"}
+        if record.best is not None:
+            postfix["best"] = f"{record.best:.3f}"
         bar().set_postfix(postfix, refresh=False)
 
     try:

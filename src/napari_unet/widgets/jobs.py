@@ -8,11 +8,12 @@ tested plainly: ``result = drain(job(...))``.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from ..train_record import StepRecord
 from ..weights import weight_map_components
 
 
@@ -47,6 +48,41 @@ def weight_map_job(
             out["border"][z] = parts.border
     yield len(planes), len(planes)
     return {name: array.reshape(labels.shape) for name, array in out.items()}
+
+
+# -- bioimage.io export ------------------------------------------------------------------
+def export_job(
+    model: Any, out: str, *, source: str, image: np.ndarray | None = None
+) -> Generator[tuple[int, int], None, str]:
+    """Write ``model`` as a bioimage.io package (zip) at ``out``, replacing it.
+
+    ``source`` says where the model came from (the package's description); ``image``
+    (Y, X), when given, makes its test tensors and cover. Yields (0, 1) then (1, 1)
+    (the export is one step: a bar without steps shows that it is busy).
+    Returns ``out``. Raises ValueError with one sentence when the bioimageio extra is
+    missing or the package is refused.
+    """
+    import getpass
+    from pathlib import Path
+
+    try:
+        from ..bioimageio_export import export_bioimageio
+    except ImportError as error:
+        raise ValueError(
+            f"bioimage.io export needs the bioimageio extra ({error.name} is missing): "
+            "pip install 'napari-unet[bioimageio]'"
+        ) from None
+    yield 0, 1
+    kind = "instance" if model.info.task == "instance" else "semantic"
+    export_bioimageio(
+        model, out,
+        name=f"napari-unet {Path(out).name.split('.')[0]}",
+        description=f"U-Net ({kind} segmentation) made with napari-unet: {source}"[:1000],
+        authors=[getpass.getuser() or "napari-unet user"],
+        image=image, overwrite=True,
+    )  # fmt: skip
+    yield 1, 1
+    return out
 
 
 # -- segmentation -------------------------------------------------------------------------
@@ -165,6 +201,20 @@ class PreviewSource:
     region: Callable[[], tuple[int | None, slice, slice] | None]
 
 
+@dataclass(frozen=True)
+class ShownStep(StepRecord):
+    """A training step as the Train widget shows it: the engine's record without its
+    model snapshot (``preview_model`` None), and ``preview = (values, origin)``, the
+    snapshot's prediction for the visible region (None when there is none)."""
+
+    preview: tuple[np.ndarray, tuple[int | None, int, int]] | None = None
+
+    @classmethod
+    def of(cls, record: StepRecord, preview: tuple | None) -> ShownStep:
+        values = {f.name: getattr(record, f.name) for f in fields(StepRecord)}
+        return cls(**{**values, "preview_model": None}, preview=preview)
+
+
 def train_job(
     images: list[np.ndarray],
     labels: list[np.ndarray],
@@ -176,13 +226,14 @@ def train_job(
     should_stop: Callable[[], bool] | None = None,
     refresh: Callable[[], tuple | None] | None = None,
     preview: PreviewSource | None = None,
-) -> Generator[dict[str, Any], None, Any]:
+) -> Generator[ShownStep, None, Any]:
     """:func:`napari_unet.training.train_iter` with a live preview; returns the best model.
 
-    Each ``preview_model`` snapshot the engine yields is replaced by
-    ``record["preview"] = (values, origin)``: the snapshot's prediction for the
-    region ``preview.region()`` (foreground probability for instance models,
-    class ids for semantic ones) and the region's origin ``(z, y, x)``. torch's
+    Each :class:`StepRecord` the engine yields becomes a :class:`ShownStep` whose
+    ``preview_model`` snapshot is replaced by ``preview = (values, origin)``: the
+    snapshot's prediction for the region ``preview.region()`` (foreground probability
+    for instance models, class ids for semantic ones) and the region's origin
+    ``(z, y, x)``. torch's
     thread count is restored afterwards (``settings.threads`` may lower it to
     leave a core to the UI).
     """
@@ -201,12 +252,10 @@ def train_job(
                 record = next(run)
             except StopIteration as stop:
                 return stop.value
-            snapshot = record.pop("preview_model", None)
+            snapshot, shown = record.preview_model, None
             if snapshot is not None and preview is not None:
                 shown = preview_prediction(snapshot, preview)
-                if shown is not None:
-                    record["preview"] = shown
-            yield record
+            yield ShownStep.of(record, shown)
     finally:
         run.close()
         torch.set_num_threads(threads_before)

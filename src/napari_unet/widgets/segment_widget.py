@@ -36,7 +36,7 @@ from ._layout import column, fixed_lines, row
 from ._lifetime import WidgetLifetime
 from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
-from .jobs import segment_job, segment_ome_zarr_job, temporary_labels
+from .jobs import export_job, segment_job, segment_ome_zarr_job, temporary_labels
 from .model_store import model_store
 from .ome_zarr_output import OmeZarrOutput
 
@@ -50,6 +50,7 @@ class SegmentWidget(Container):
         run_info: the device and the settings measured for this machine.
         load_button: replace the current model with one from a file.
         builtin_button: replace it with the built-in nuclei model.
+        export_button: write the current model as a bioimage.io package (zip).
         show_probabilities: also add the class probabilities as image layers.
         segment_button, cancel_button: start / cancel (between two tiles).
         progress: tiles done.
@@ -69,6 +70,11 @@ class SegmentWidget(Container):
         self.load_button = PushButton(text="Load model from file...")
         self.builtin_button = PushButton(text="Use built-in nuclei model")
         self.builtin_button.tooltip = "U-Net trained on DSB 2018 fluorescence nuclei (CC0)"
+        self.export_button = PushButton(text="Export to bioimage.io...", enabled=False)
+        self.export_button.tooltip = (
+            "write the current model as a bioimage.io package (zip) for ilastik, "
+            "deepImageJ, QuPath, BiaPy..."
+        )
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
         self.ome_zarr = OmeZarrOutput()
         self.segment_button = PushButton(text="Segment")
@@ -82,6 +88,7 @@ class SegmentWidget(Container):
                 self.model_info,
                 column(self.run_info),
                 row(self.load_button, self.builtin_button),
+                row(self.export_button),
                 self.show_probabilities,
                 self.ome_zarr,
                 buttons,
@@ -93,6 +100,7 @@ class SegmentWidget(Container):
         self._bar: NapariProgress | None = None
         self.load_button.changed.connect(self.load_model)
         self.builtin_button.changed.connect(self.use_builtin)
+        self.export_button.changed.connect(self.export_model)
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self.store.changed.connect(self._show_model)
@@ -109,6 +117,7 @@ class SegmentWidget(Container):
         from ..hardware import summary
 
         self.model_info.value = self.store.describe()
+        self.export_button.enabled = self.store.model is not None and self._worker is None
         self.run_info.value = summary(self.store.model)
 
     # -- actions --------------------------------------------------------------------------
@@ -139,6 +148,43 @@ class SegmentWidget(Container):
             return
         self.store.set(model, describe("nuclei"))
 
+    def export_model(self) -> None:
+        """Ask for a .zip and write the current model there as a bioimage.io package,
+        in a thread worker; the chosen image (if 2D) makes its test tensors and cover."""
+        model = self.store.model
+        if model is None or self._worker is not None:
+            return
+        path = _dialogs.ask_export_package(self.native)
+        if not path:
+            return
+        layer = self.image_layer.value
+        image = None
+        if (
+            layer is not None
+            and layer.ndim == 2
+            and not layer.rgb
+            and model.config.in_channels == 1
+        ):
+            image = np.asarray(layer.data)
+        # one step that writes the file at its end: nothing to cancel between steps
+        self._begin(f"exporting {Path(path).name}", f"exporting to {path}...", False)
+        self._worker = start_job(
+            export_job,
+            model,
+            path,
+            source=self.store.source,
+            image=image,
+            on_yield=self._progress,
+            on_return=self._exported,
+            on_finish=self._finished,
+            on_release=self._close_bar,
+            error_prefix="export failed",
+        )
+
+    def _exported(self, path: str) -> None:
+        size = Path(path).stat().st_size / 2**20
+        self.status.value = f"exported {Path(path).name} ({size:.1f} MiB): a bioimage.io package"
+
     def segment(self) -> None:
         """Segment the chosen image with the current model in a thread worker."""
         if self._worker is not None:
@@ -154,12 +200,7 @@ class SegmentWidget(Container):
         except BadChoice as error:
             show_error(str(error))
             return
-        self._bar = NapariProgress(f"segmenting {layer.name}", cancel=self.cancel)
-        self.progress.visible = True
-        self.progress.value = 0
-        self.status.value = f"segmenting '{layer.name}'..."
-        self.segment_button.enabled, self.cancel_button.enabled = False, True
-        self._lifetime.watch_window()
+        self._begin(f"segmenting {layer.name}", f"segmenting '{layer.name}'...")
         if request is not None:
             job, args = segment_ome_zarr_job, (model, request.store)
             options = {"name": request.name, "overwrite": request.overwrite}
@@ -182,6 +223,16 @@ class SegmentWidget(Container):
             error_prefix="segmentation failed",
         )
         self._worker.connect_ui("aborted", self._cancelled)
+
+    def _begin(self, bar_text: str, status: str, cancellable: bool = True) -> None:
+        """Show a job as running: progress bars, status, buttons."""
+        self._bar = NapariProgress(bar_text, cancel=self.cancel if cancellable else None)
+        self.progress.visible = True
+        self.progress.value = 0
+        self.status.value = status
+        self.segment_button.enabled, self.cancel_button.enabled = False, cancellable
+        self.export_button.enabled = False
+        self._lifetime.watch_window()
 
     def cancel(self) -> None:
         """Stop the running segmentation after the current tile; no layer is changed."""
@@ -208,6 +259,7 @@ class SegmentWidget(Container):
     def _show_idle(self) -> None:
         self.progress.visible = False
         self.segment_button.enabled, self.cancel_button.enabled = True, False
+        self.export_button.enabled = self.store.model is not None
 
     def _close_bar(self) -> None:
         if self._bar is not None:

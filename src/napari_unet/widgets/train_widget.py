@@ -55,7 +55,7 @@ from ._layout import column, fixed_lines, row
 from ._lifetime import WidgetLifetime
 from ._workers import ProgressBar as NapariProgress
 from ._workers import freeze_heap, freeze_new_objects, start_job, thaw_heap
-from .jobs import PreviewSource, train_job
+from .jobs import PreviewSource, ShownStep, train_job
 from .loss_plot import LossPlot
 from .model_store import model_store
 
@@ -417,18 +417,18 @@ class TrainWidget(Container):
         return list(images), list(labels), list(masks)
 
     # -- worker callbacks (UI thread) -----------------------------------------------------
-    def _on_record(self, record: dict[str, Any]) -> None:
-        iteration, progress = record["iteration"], record["progress"]
+    def _on_record(self, record: ShownStep) -> None:
+        iteration, progress = record.iteration, record.progress
         if iteration == 1:
             freeze_new_objects()  # the engine's imports, data and model: here to stay
-        self.plot.add_loss(iteration, record["loss"])
-        if "val" in record:
-            shown = {METRIC_NAMES[k]: v for k, v in record["val"].items() if k in METRIC_NAMES}
+        self.plot.add_loss(iteration, record.loss)
+        if record.val is not None:
+            shown = {METRIC_NAMES[k]: v for k, v in record.val.items() if k in METRIC_NAMES}
             self.plot.add_metrics(iteration, shown)
-            text = _metrics_text(record["val"])
+            text = _metrics_text(record.val)
             self.metrics.value = f"validation at step {iteration}:\n{text}"
-        if "preview" in record:
-            self._show_preview(*record["preview"])
+        if record.preview is not None:
+            self._show_preview(*record.preview)
         now = time.monotonic()
         if now - self._last_shown >= STATUS_INTERVAL_S or progress >= 1:
             # progress bars repaint synchronously: a few times per second is plenty
@@ -437,10 +437,10 @@ class TrainWidget(Container):
             self.progress.value = done
             if self._bar is not None:
                 self._bar.set(done, PROGRESS_STEPS)
-            left = record["elapsed"] * (1 - progress) / progress if progress > 0 else np.nan
+            left = record.elapsed * (1 - progress) / progress if progress > 0 else np.nan
             if not self._stop_requested:
                 self.status.value = (
-                    f"step {iteration} · loss {record['loss']:.4f} · {_duration(left)} left"
+                    f"step {iteration} · loss {record.loss:.4f} · {_duration(left)} left"
                 )
             self._update_visible()
 

@@ -1,0 +1,93 @@
+"""Validation during training: metrics of a model on held-out planes and the
+instance post-processing (threshold, growth) tuned on them, all through the one
+prediction path (:class:`napari_unet.predictor.Predictor`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .data import Plane
+from .postprocess import tune_instances
+from .predictor import Predictor
+
+
+def evaluate(predictor: Predictor, planes: Sequence[Plane]) -> dict[str, float]:
+    """Validation metrics of ``predictor``'s model on held-out planes, restricted to
+    their annotated region, with the model's stored post-processing.
+
+    Instance: ``ap50`` (TP/(TP+FP+FN) at IoU 0.5 over all planes), ``iou``
+    (foreground IoU), ``rand_error`` (foreground-restricted). Semantic: ``iou``
+    (mean over classes) and ``pixel_error``.
+    """
+    probabilities, truths, scorer = _validation_set(predictor, planes)
+    return scorer(truths, [predictor.to_labels(p) for p in probabilities])
+
+
+def tune_postprocess(
+    predictor: Predictor, planes: Sequence[Plane], select_by: str
+) -> dict[str, float]:
+    """Instance threshold and growth that score best by ``select_by`` on validation
+    planes (see :func:`napari_unet.postprocess.tune_instances`), with the metrics there."""
+    probabilities, truths, scorer = _validation_set(predictor, planes)
+    found = tune_instances(
+        [p[1] for p in probabilities],
+        truths,
+        lambda truths, preds: score(scorer(truths, preds), select_by),
+    )
+    post = predictor.postprocess(threshold=found["threshold"], expand=found["expand"])
+    preds = [predictor.to_labels(p, post) for p in probabilities]
+    return {"threshold": found["threshold"], "expand": found["expand"], **scorer(truths, preds)}
+
+
+def _validation_set(predictor: Predictor, planes: Sequence[Plane]):
+    """Probabilities (n_classes, Y, X) of each (normalised) plane, their truths cropped
+    to the annotated region's box, and ``scorer(truths, labels)`` -> metrics, which
+    crops whole-plane labels to the same boxes and masks them to the region (semantic
+    labels are compared as painted: class id + 1)."""
+    from . import metrics
+
+    task = predictor.model.info.task
+    probabilities, truths, boxes = [], [], []
+    for plane in planes:
+        region = plane.weight > 0
+        rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        probs = predictor.probabilities(plane.image, channel_axis=0, normalized=True)
+        probabilities.append(probs)
+        truths.append(np.where(region[box], plane.labels[box], 0))
+        boxes.append((box, region[box]))
+
+    def scorer(gts, labels) -> dict[str, float]:
+        if task == "semantic":  # class ids as painted: 1 = background, 2.. = classes
+            labels = [lab + 1 for lab in labels]
+        preds = [np.where(inside, lab[box], 0) for lab, (box, inside) in zip(labels, boxes)]
+        if task == "semantic":
+            gt = np.concatenate([g.ravel() for g in gts])
+            pr = np.concatenate([p.ravel() for p in preds])
+            annotated = gt > 0
+            ious = [
+                np.sum((gt == c) & (pr == c) & annotated)
+                / np.sum(((gt == c) | (pr == c)) & annotated)
+                for c in np.unique(gt[annotated])
+            ]
+            return {
+                "iou": float(np.mean(ious)),
+                "pixel_error": float(np.mean(gt[annotated] != pr[annotated])),
+            }
+        return {
+            "ap50": float(metrics.average_precision(gts, preds, iou=0.5)),
+            "iou": float(np.mean([metrics.foreground_iou(g, p) for g, p in zip(gts, preds)])),
+            "rand_error": float(np.mean([metrics.rand_error(g, p) for g, p in zip(gts, preds)])),
+        }
+
+    return probabilities, truths, scorer
+
+
+def score(metrics: dict[str, float], select_by: str = "ap50") -> float:
+    """The number the best model maximises: AP@0.5 (or minus the Rand error, for
+    ``select_by="rand_error"``) for instances, mean IoU for classes."""
+    if "ap50" not in metrics:
+        return metrics.get("iou", 0.0)
+    return -metrics["rand_error"] if select_by == "rand_error" else metrics["ap50"]
