@@ -1,7 +1,8 @@
 """Screenshots of docs/widgets.md from the real app: ``xvfb-run -a python docs/screenshots.py``.
 
-Writes docs/images/{docked,builtin_nuclei,weight_map,training,segmented}.png (name some
-of the shots, e.g. ``python docs/screenshots.py docked builtin``, to take only those).
+Writes docs/images/{docked,builtin_nuclei,weight_map,training,segmented,ome_zarr}.png
+(name some of the shots, e.g. ``python docs/screenshots.py docked ome_zarr``, to take
+only those).
 Training uses the "fast" preset with a 300-step budget and validation every 50 steps, so that the
 loss plot has a few validation points after a minute or two on a laptop CPU.
 """
@@ -114,11 +115,45 @@ def training_and_segmented(app: QApplication) -> None:
     viewer.close()
 
 
+def ome_zarr(app: QApplication) -> None:
+    """An OME-Zarr opened with napari-ome-zarr, segmented into its own labels group."""
+    import tempfile
+
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    from napari_unet.sample_data import make_nuclei
+
+    path = Path(tempfile.mkdtemp(prefix="napari-unet-shot-")) / "nuclei.ome.zarr"
+    image = make_nuclei((1024, 1024), n_objects=480, seed=4)[0]
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    write_image(image, root, axes="yx", fmt=FormatV05(), scale_factors=(2, 4),
+                scale={"y": 0.65, "x": 0.65}, axes_units={"y": "micrometer", "x": "micrometer"},
+                storage_options={"chunks": (256, 256)})  # fmt: skip
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window.resize(1300, 800)
+    viewer.open(str(path), plugin="napari-ome-zarr")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment", area="right")
+    segment.use_builtin()
+    segment.ome_zarr.write.value = True
+    segment.ome_zarr.label_name.value = "nuclei"
+    segment.segment()
+    wait(app, until=lambda: not segment.busy)
+    viewer.layers[-1].opacity = 0.45
+    viewer.reset_view()
+    viewer.camera.zoom *= 1.5
+    shoot(viewer, app, "ome_zarr.png")
+    viewer.close()
+
+
 SHOTS = {
     "docked": docked,
     "builtin": builtin,
     "weight_map": weight_map,
     "training": training_and_segmented,
+    "ome_zarr": ome_zarr,
 }
 
 

@@ -150,4 +150,3 @@ def test_segment_widget_exports_the_current_model_to_bioimageio(
         test_input = np.load(archive.open("test_input.npy"))
     crop = test_input[0, 0]
     np.testing.assert_array_equal(crop, image[: crop.shape[0], : crop.shape[1]])
-

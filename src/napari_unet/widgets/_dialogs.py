@@ -39,3 +39,19 @@ def ask_export_package(parent: QWidget | None, suggestion: str = "unet.zip") -> 
     if path and not path.lower().endswith(".zip"):
         path += ".zip"
     return path or None
+
+
+def confirm_replace(parent: QWidget | None, what: str) -> bool:
+    """Ask whether ``what`` (e.g. "labels/unet in scan.ome.zarr") may be replaced; the
+    default answer is No."""
+    from qtpy.QtWidgets import QMessageBox
+
+    buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+    answer = QMessageBox.question(
+        parent,
+        "Replace labels?",
+        f"{what} already exists. Replace it? Its labels will be lost.",
+        buttons,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes

@@ -93,6 +93,7 @@ def segment_job(
     channel_axis: int | None = None,
     probabilities: bool = False,
     device: str | None = None,
+    out: Any = None,
 ) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray | None]]:
     """Labels (and optionally class probabilities) of ``image`` with ``model``, through
     the one prediction path (:class:`napari_unet.predictor.Predictor`): the settings
@@ -104,21 +105,76 @@ def segment_job(
             numpy, dask or zarr (read tile by tile).
         channel_axis: as in :func:`napari_unet.inference.predict_iter`.
         probabilities: also return the probabilities (computed once, for both).
+        out: an int32 array-like of the spatial shape (e.g. :func:`temporary_labels`)
+            to write the labels into block by block; None: a numpy array.
 
     Yields:
         (done, total): the measurement on first use, then tiles and labelling blocks.
 
     Returns:
-        (labels, probabilities): int32 labels of the spatial shape and float32
+        (labels, probabilities): int32 labels of the spatial shape (``out`` when
+        given) and float32
         (n_classes, *spatial) probabilities, or None when not asked for.
     """
     from ..predictor import Predictor
 
     predictor = yield from Predictor.prepare_iter(model, device=device)
     result = yield from predictor.labels_iter(
-        image, channel_axis=channel_axis, with_probabilities=probabilities
+        image, channel_axis=channel_axis, with_probabilities=probabilities, out=out
     )
     return result if probabilities else (result, None)
+
+
+def temporary_labels(shape: tuple[int, ...]) -> Any:
+    """An empty int32 zarr array of ``shape`` in a temporary folder removed when Python
+    exits: the ``out`` of :func:`segment_job` for images larger than memory (labels are
+    then computed and kept block by block)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import zarr
+
+    from ..chunked_labels import DEFAULT_BLOCK_SIZE as LABEL_BLOCK_SIZE
+
+    folder = tempfile.mkdtemp(prefix="napari-unet-labels-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    chunks = (*(1,) * (len(shape) - 2), *(min(LABEL_BLOCK_SIZE, n) for n in shape[-2:]))
+    return zarr.create_array(store=folder, shape=shape, chunks=chunks, dtype=np.int32,
+                             fill_value=0)  # fmt: skip
+
+
+def segment_ome_zarr_job(
+    model: Any, image: str, *, name: str, overwrite: bool
+) -> Generator[tuple[int, int], None, Any]:
+    """Segment the OME-Zarr image at ``image`` block by block in this process
+    (:func:`napari_unet.distributed.segment_dataset_iter`) into its own ``labels/<name>``;
+    memory is bounded by the block size. The labels equal
+    :func:`napari_unet.inference.segment`'s on the whole image.
+
+    Args:
+        model: the in-memory model (saved to a temporary file the blocks load).
+        overwrite: replace labels of that name (the caller asked the user).
+
+    Yields:
+        (done, total) block tasks.
+
+    Returns:
+        The :class:`~napari_unet.ngff.LabelTarget` written.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from ..distributed import segment_dataset_iter
+    from ..model_io import save_model
+
+    with tempfile.TemporaryDirectory(prefix="napari-unet-model-") as folder:
+        path = save_model(model, Path(folder) / "model.safetensors")
+        return (
+            yield from segment_dataset_iter(
+                image, path, image, name=name, cluster="none", overwrite=overwrite
+            )
+        )
 
 
 # -- training -----------------------------------------------------------------------------

@@ -4,6 +4,9 @@ The model is the viewer's current one (just trained in the Train widget, or
 loaded from a file here). The result goes to "<image> segmentation"; running
 again replaces that layer, never a layer the user made or painted on. Closing
 the dock or the viewer cancels a running segmentation and waits for its thread.
+Lazy (dask, zarr, multiscale) images are labelled block by block into a temporary
+zarr array, or, for a layer opened from an OME-Zarr, optionally into the file's own
+``labels/<name>`` group (:mod:`.ome_zarr_output`); either is shown lazily.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from magicgui.widgets import CheckBox, Container, Label, ProgressBar, PushButton
 from napari.layers import Image
 from napari.utils.notifications import show_error
 
+from .. import ngff
 from . import _dialogs
 from ._layers import (
     BadChoice,
@@ -32,8 +36,9 @@ from ._layout import column, fixed_lines, row
 from ._lifetime import WidgetLifetime
 from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
-from .jobs import export_job, segment_job
+from .jobs import export_job, segment_job, segment_ome_zarr_job, temporary_labels
 from .model_store import model_store
+from .ome_zarr_output import OmeZarrOutput
 
 
 class SegmentWidget(Container):
@@ -71,6 +76,7 @@ class SegmentWidget(Container):
             "deepImageJ, QuPath, BiaPy..."
         )
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
+        self.ome_zarr = OmeZarrOutput()
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = row(self.segment_button, self.cancel_button)
@@ -84,6 +90,7 @@ class SegmentWidget(Container):
                 row(self.load_button, self.builtin_button),
                 row(self.export_button),
                 self.show_probabilities,
+                self.ome_zarr,
                 buttons,
                 column(self.progress, self.status),
             ]
@@ -97,6 +104,8 @@ class SegmentWidget(Container):
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self.store.changed.connect(self._show_model)
+        self.image_layer.changed.connect(self.ome_zarr.follow)
+        self.ome_zarr.follow(self.image_layer.value)
         self._lifetime = WidgetLifetime(self.native, self._gone)
         self._show_model()
 
@@ -181,17 +190,28 @@ class SegmentWidget(Container):
             model = self.store.model
             if model is None:
                 raise BadChoice("no model loaded: train one in 'Train U-Net' or load a file")
-            source = image_input(layer, model.config.in_channels)
+            request = self.ome_zarr.request(layer, self.native, model.config.in_channels)
+            # the OME-Zarr path reads the file itself (all channels): the layer places it
+            source = layer if request else image_input(layer, model.config.in_channels)
         except BadChoice as error:
             show_error(str(error))
             return
         self._begin(f"segmenting {layer.name}", f"segmenting '{layer.name}'...")
+        if request is not None:
+            job, args = segment_ome_zarr_job, (model, request.store)
+            options = {"name": request.name, "overwrite": request.overwrite}
+        else:
+            lazy = not isinstance(source.data, np.ndarray)
+            job, args = segment_job, (model, source.data)
+            options = {
+                "channel_axis": source.channel_axis,
+                "probabilities": self.show_probabilities.value,
+                "out": temporary_labels(source.spatial_shape) if lazy else None,
+            }
         self._worker = start_job(
-            segment_job,
-            model,
-            source.data,
-            channel_axis=source.channel_axis,
-            probabilities=self.show_probabilities.value,
+            job,
+            *args,
+            **options,
             on_yield=self._progress,
             on_return=partial(self._show, layer, source, model),
             on_finish=self._finished,
@@ -258,10 +278,15 @@ class SegmentWidget(Container):
     def _show(
         self,
         layer: Image,
-        source: ImageInput,
+        source: ImageInput | Image,
         model: Any,
         result: tuple[np.ndarray, np.ndarray | None],
     ) -> None:
+        written = None
+        if isinstance(result, ngff.LabelTarget):  # written into the image's OME-Zarr
+            written = f"{Path(result.store).name}/{result.group_path}"
+            levels = ngff.label_levels(result)  # napari needs two levels for multiscale
+            result = (levels if len(levels) > 1 else levels[0], None)
         labels, probabilities = result
         if layer not in self.viewer.layers:
             self.status.value = f"'{layer.name}' was removed: result dropped"
@@ -293,8 +318,17 @@ class SegmentWidget(Container):
                     visible=k == 1,
                 )
             self.viewer.layers.move(self.viewer.layers.index(out), len(self.viewer.layers))
-        if model.info.task == "instance":
-            count, what = int(labels.max()), "objects"  # ids are 1..N
-        else:
-            count, what = int(np.count_nonzero(np.bincount(labels.ravel())[1:])), "classes"
-        self.status.value = f"{count} {what} in '{out.name}'"
+        self.status.value = _summary(labels, model.info.task, out.name, written)
+
+
+def _summary(labels: Any, task: str, layer_name: str, written: str | None) -> str:
+    """One line on the result: objects or classes found, or where lazy labels were written
+    (they are not read back to count: they may not fit in memory)."""
+    if not isinstance(labels, np.ndarray):
+        where = written or "a temporary folder"
+        return f"labels in '{layer_name}', written block by block to {where}"
+    if task == "instance":
+        count, what = int(labels.max()), "objects"  # ids are 1..N
+    else:
+        count, what = int(np.count_nonzero(np.bincount(labels.ravel())[1:])), "classes"
+    return f"{count} {what} in '{layer_name}'"
