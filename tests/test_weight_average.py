@@ -37,3 +37,22 @@ def test_returned_weights_are_the_moving_average_of_the_plain_run():
 def test_ema_outside_zero_to_one_is_refused(ema):
     with pytest.raises(ValueError, match="ema must be a number in"):
         SETTINGS.replace(ema=ema)
+
+
+def test_cli_ema_option_reaches_the_settings_stored_in_the_model(tmp_path):
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.model_io import load_model
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    image, labels = make_sample((128, 128), n_objects=8, seed=0)
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", labels)
+    out = tmp_path / "m.safetensors"
+    argv = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
+    argv += ["--out", str(out), "--iterations", "2", "--preset", "fast", "--ema", "0.9"]
+    assert main(argv) == 0
+    assert load_model(out).info.training["ema"] == 0.9
+    assert main([*argv[:-1], "1.5"]) == 2  # refused before training, in one sentence
