@@ -147,6 +147,33 @@ def test_a_killed_rank_ends_the_run_and_keeps_the_best_model(tmp_path):
     load_model(checkpoints / BEST_NAME)
 
 
+def test_ctrl_c_stops_every_rank_and_saves_the_model(tmp_path):
+    """SIGINT to ``napari-unet train --nproc 2`` reaches every rank once (through
+    torchrun's agent); they stop at the same step and rank 0 saves --out."""
+    checkpoints, out = tmp_path / "checkpoints", tmp_path / "model.safetensors"
+    argv = [*write_pairs(tmp_path), "--out", str(out), "--iterations", "100000", *TINY]
+    argv += ["--checkpoints", str(checkpoints), "--nproc", "2"]
+    command = [sys.executable, "-m", "napari_unet", "train", *argv]
+    run = subprocess.Popen(
+        command, env=environment(NAPARI_UNET_TEST_RUN=str(tmp_path)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (checkpoints / LAST_NAME).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr[-3000:]
+    assert "stopping after this step" in stdout + stderr
+    steps = load_model(out).info.history["iterations"]
+    assert 3 <= steps < 100_000 and f"trained {steps} steps" in stdout
+    marker = f"NAPARI_UNET_TEST_RUN={tmp_path}"
+    assert rank_process(marker, 0) is None and rank_process(marker, 1) is None
+
+
 def test_resume_on_one_rank_restores_the_optimiser_state(two_rank_run, monkeypatch):
     root, _ = two_rank_run
     _, saved = load_train_state(root / "checkpoints")

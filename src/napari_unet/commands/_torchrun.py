@@ -42,19 +42,24 @@ def torchrun_command(nproc: int, train_argv: list[str]) -> list[str]:
 
 def launch(nproc: int, train_argv: list[str]) -> int:
     """Run ``napari-unet train`` on ``nproc`` local ranks; returns torchrun's exit status
-    (0 when every rank succeeded). Ctrl-C here is passed on to torchrun's agent."""
+    (0 when every rank succeeded), or 130 after Ctrl-C (passed on to torchrun's agent:
+    the ranks stop after the current step and rank 0 saves)."""
     # the CPU threads per rank; also keeps torchrun from printing its OMP_NUM_THREADS banner
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
     env = {"OMP_NUM_THREADS": threads, **os.environ}
     command = torchrun_command(nproc, train_argv)
     agent = subprocess.Popen(command, env=env, start_new_session=True)
 
+    interrupted = []
+
     def forward(signum, frame) -> None:
+        interrupted.append(signum)
         agent.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return agent.wait()
+        status = agent.wait()
+        return 130 if interrupted and status != 0 else status
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
