@@ -554,6 +554,8 @@ def train_iter(
     """
     settings = settings or PRESETS["fast"]
     should_stop = should_stop or (lambda: False)
+    if refresh is not None and ranks.distributed:
+        raise ValueError("refresh (new annotation while training) needs a single process")
     device = choose_device(None if settings.device == "auto" else settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
