@@ -1,8 +1,9 @@
 """Screenshots of docs/widgets.md from the real app: ``xvfb-run -a python docs/screenshots.py``.
 
-Writes docs/images/{docked,weight_map,training,segmented}.png (name some of them,
-e.g. ``python docs/screenshots.py docked``, to write only those). Training uses the
-"fast" preset with a 300-step budget and validation every 50 steps, so that the
+Writes docs/images/{docked,builtin_nuclei,weight_map,training,segmented,ome_zarr}.png
+(name some of the shots, e.g. ``python docs/screenshots.py docked ome_zarr``, to take
+only those).
+Training uses the "fast" preset with a 300-step budget and validation every 50 steps, so that the
 loss plot has a few validation points after a minute or two on a laptop CPU.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_unet.commands.demo import open_demo
+from napari_unet.commands.demo import open_builtin_demo, open_demo
 from napari_unet.sample_data import sample_layers
 from napari_unet.training import PRESETS
 from napari_unet.widgets.segment_widget import SegmentWidget
@@ -50,21 +51,31 @@ def shoot(viewer, app, name: str) -> None:
     print("wrote", path)
 
 
-def main(names: list[str]) -> int:
-    OUT.mkdir(exist_ok=True)
-    app = QApplication.instance() or QApplication(sys.argv)
-    PRESETS["fast"] = PRESETS["fast"].replace(val_every=50, val_every_s=None)
-
-    # 1. the three widgets docked: `napari-unet demo` itself
+def docked(app: QApplication) -> None:
+    """The three widgets docked: `napari-unet demo` itself."""
     viewer = napari.Viewer(title="napari-unet demo")
     viewer.window.resize(*SIZE)
     open_demo(viewer)
     shoot(viewer, app, "docked.png")
     viewer.close()
-    if names and not set(names) - {"docked"}:
-        return 0
 
-    # 2. the weight map of the sample's labels, with its terms
+
+def builtin(app: QApplication) -> None:
+    """`napari-unet demo --model nuclei` after one click on Segment."""
+    viewer = napari.Viewer(title="napari-unet demo")
+    viewer.window.resize(*SIZE)
+    open_builtin_demo(viewer, "nuclei")
+    segment = next(w for n, w in viewer.window.dock_widgets.items() if n.startswith("Segment"))
+    segment.segment()
+    wait(app, until=lambda: not segment.busy)
+    viewer.layers["nuclei labels"].visible = False
+    viewer.layers.selection.active = viewer.layers["nuclei segmentation"]
+    shoot(viewer, app, "builtin_nuclei.png")
+    viewer.close()
+
+
+def weight_map(app: QApplication) -> None:
+    """The weight map of the sample's labels, with its terms."""
     viewer = new_viewer()
     weights = WeightMapWidget(viewer)
     viewer.window.add_dock_widget(weights, name="Weight map", area="right")
@@ -77,7 +88,10 @@ def main(names: list[str]) -> int:
     shoot(viewer, app, "weight_map.png")
     viewer.close()
 
-    # 3. training in progress: loss curve, validation, live preview
+
+def training_and_segmented(app: QApplication) -> None:
+    """Training in progress (loss curve, validation, live preview), then one-click
+    segmentation with the model just trained."""
     viewer = new_viewer()
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train, name="Train U-Net", area="right")
@@ -90,7 +104,6 @@ def main(names: list[str]) -> int:
     shoot(viewer, app, "training.png")
     wait(app, until=lambda: not train.busy)
 
-    # 4. one-click segmentation with the model just trained
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment, name="Segment", area="right", tabify=True)
     segment.segment()
@@ -100,6 +113,60 @@ def main(names: list[str]) -> int:
     viewer.layers.selection.active = viewer.layers["cells segmentation"]
     shoot(viewer, app, "segmented.png")
     viewer.close()
+
+
+def ome_zarr(app: QApplication) -> None:
+    """An OME-Zarr opened with napari-ome-zarr, segmented into its own labels group."""
+    import tempfile
+
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    from napari_unet.sample_data import make_nuclei
+
+    path = Path(tempfile.mkdtemp(prefix="napari-unet-shot-")) / "nuclei.ome.zarr"
+    image = make_nuclei((1024, 1024), n_objects=480, seed=4)[0]
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    write_image(image, root, axes="yx", fmt=FormatV05(), scale_factors=(2, 4),
+                scale={"y": 0.65, "x": 0.65}, axes_units={"y": "micrometer", "x": "micrometer"},
+                storage_options={"chunks": (256, 256)})  # fmt: skip
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window.resize(1300, 800)
+    viewer.open(str(path), plugin="napari-ome-zarr")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment", area="right")
+    segment.use_builtin()
+    segment.ome_zarr.write.value = True
+    segment.ome_zarr.label_name.value = "nuclei"
+    segment.segment()
+    wait(app, until=lambda: not segment.busy)
+    viewer.layers[-1].opacity = 0.45
+    viewer.reset_view()
+    viewer.camera.zoom *= 1.5
+    shoot(viewer, app, "ome_zarr.png")
+    viewer.close()
+
+
+SHOTS = {
+    "docked": docked,
+    "builtin": builtin,
+    "weight_map": weight_map,
+    "training": training_and_segmented,
+    "ome_zarr": ome_zarr,
+}
+
+
+def main(names: list[str]) -> int:
+    unknown = set(names) - set(SHOTS)
+    if unknown:
+        print(f"unknown screenshot(s) {sorted(unknown)}; choose from {sorted(SHOTS)}")
+        return 2
+    OUT.mkdir(exist_ok=True)
+    app = QApplication.instance() or QApplication(sys.argv)
+    PRESETS["fast"] = PRESETS["fast"].replace(val_every=50, val_every_s=None)
+    for name in names or SHOTS:
+        SHOTS[name](app)
     return 0
 
 

@@ -130,3 +130,31 @@ def test_sweep_postprocess_smoke(tmp_path, shared_data):
     rows = [line.split() for line in done.stdout.splitlines()[2:]]
     assert len(rows) == len(TUNE_THRESHOLDS) * len(TUNE_EXPANDS)
     assert all(0 <= float(ap) <= 1 and 0 <= float(rand) <= 1 for *_, ap, rand in rows)
+
+
+def test_bench_finetune_smoke(tmp_path):
+    """Both arms train, snapshots are scored at the planned steps (the fine-tuned arm
+    also before any training), and the plot is written."""
+    import tifffile
+
+    from napari_unet.sample_data import make_sample
+
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for index in range(2):
+        image, labels = make_sample((128, 128), n_objects=10, seed=index)
+        tifffile.imwrite(tmp_path / "images" / f"s{index}.tif", image)
+        tifffile.imwrite(tmp_path / "labels" / f"s{index}.tif", labels)
+    out, picture = tmp_path / "finetune.json", tmp_path / "finetune.png"
+    done = run_script(
+        "bench_finetune.py", "--data", str(tmp_path), "--train", "s0", "--held-out", "s1",
+        "--steps", "3", "--json", str(out), "--plot", str(picture),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    arms = json.loads(out.read_text())["arms"]
+    steps = {name: [p["step"] for p in arm["curve"]] for name, arm in arms.items()}
+    assert steps == {"fine-tuned from nuclei": [0, 1, 2, 3], "from scratch": [1, 2, 3]}
+    for arm in arms.values():
+        assert all(0 <= p["ap50"] <= 1 and 0 <= p["rand_error"] <= 1 for p in arm["curve"])
+        assert set(arm["returned"]) >= {"ap50", "ap75", "rand_error", "postprocess"}
+    assert picture.stat().st_size > 10_000

@@ -114,3 +114,39 @@ def test_cli_segment_block_by_block_with_the_builtin_name(tmp_path, one_torch_th
     labels = np.asarray(zarr.open(str(tmp_path / "out.zarr" / "labels" / "unet" / "0"), mode="r"))
     expected = segment(load_model("nuclei"), image, tile_size=252, **RUN)
     assert labels.max() >= 5 and labels.max() == expected.max()
+
+
+def test_segment_widget_exports_the_current_model_to_bioimageio(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    """Export... is off without a model; with one it writes a package in a worker that
+    loads back as the same network, its test input cut from the chosen image."""
+    import zipfile
+
+    import torch
+
+    from napari_unet.widgets import _dialogs
+    from napari_unet.widgets.segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image, _ = nuclei_sample(seed=7)
+    viewer.add_image(image, name="nuclei")
+    widget = SegmentWidget(viewer)
+    assert not widget.export_button.enabled
+    widget.builtin_button.native.click()
+    assert widget.export_button.enabled
+    package = tmp_path / "mine.zip"
+    monkeypatch.setattr(_dialogs, "ask_export_package", lambda parent: str(package))
+    widget.export_button.native.click()
+    assert widget.busy and not widget.export_button.enabled
+    qtbot.waitUntil(lambda: not widget.busy, timeout=180_000)
+    assert "exported mine.zip" in widget.status.value and widget.export_button.enabled
+    restored = load_model(package)
+    expected = load_model("nuclei")
+    assert restored.config == expected.config
+    for key, value in expected.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value)
+    with zipfile.ZipFile(package) as archive:
+        test_input = np.load(archive.open("test_input.npy"))
+    crop = test_input[0, 0]
+    np.testing.assert_array_equal(crop, image[: crop.shape[0], : crop.shape[1]])

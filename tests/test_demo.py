@@ -93,3 +93,49 @@ def test_gui_demo_opens_on_train_with_the_whole_image_in_view(make_napari_viewer
     size, centre = extent[1] - extent[0], extent.mean(axis=0)
     assert viewer.camera.zoom * size[0] <= height and viewer.camera.zoom * size[1] <= width
     np.testing.assert_allclose(viewer.camera.center[-2:], centre, atol=1)
+
+
+def test_builtin_demo_segments_generated_nuclei_without_training_or_qt(tmp_path):
+    out = tmp_path / "labels.tif"
+    args = ["demo", "--model", "nuclei", "--headless", "--out", str(out)]
+    code = (
+        "import sys; from napari_unet.cli import main; "
+        f"rc = main({args!r}); "
+        "heavy = [m for m in ('qtpy', 'PyQt6', 'napari') if m in sys.modules]; "
+        "assert not heavy, heavy; sys.exit(rc)"
+    )
+    env = {"PYTHONPATH": SRC, "NAPARI_UNET_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "built-in 'nuclei'" in run.stdout and "no training" in run.stdout
+    assert "trained:" not in run.stdout
+    labels = tifffile.imread(out)
+    from napari_unet.metrics import average_precision
+    from napari_unet.sample_data import make_nuclei
+
+    truth = make_nuclei(seed=0)[1]
+    assert labels.shape == truth.shape
+    ap50 = average_precision([truth], [labels], iou=0.5)
+    assert f"AP@0.5:    {ap50:.3f}" in run.stdout  # the score printed is the file's score
+    assert ap50 > 0.5  # the built-in model finds most of the generated nuclei
+
+
+def test_builtin_demo_refuses_a_name_that_is_not_built_in(capsys):
+    assert main(["demo", "--model", "model.safetensors", "--headless"]) == 2
+    assert "must name a built-in model (nuclei)" in capsys.readouterr().err
+
+
+def test_gui_builtin_demo_opens_segment_with_the_builtin_model(make_napari_viewer, qtbot):
+    from napari_unet.commands.demo import open_builtin_demo
+    from napari_unet.widgets.model_store import model_store
+
+    viewer = open_builtin_demo(make_napari_viewer(show=True), "nuclei")
+    qtbot.wait(100)
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei labels"]
+    segment = next(
+        widget for name, widget in viewer.window.dock_widgets.items() if name.startswith("Segment")
+    )
+    assert (
+        not getattr(segment, "native", segment).visibleRegion().isEmpty()
+    )  # in front of its tabbed siblings
+    assert "built-in 'nuclei'" in model_store(viewer).source

@@ -267,10 +267,14 @@ def test_widget_opens_directly_and_follows_the_layers(sample_viewer, widget_type
     assert new not in choices.choices
 
 
-def test_sample_data_opens_through_the_manifest(make_napari_viewer):
+@pytest.mark.parametrize(
+    ("key", "names"),
+    [("touching_cells", ["cells", "cells labels"]), ("nuclei", ["nuclei", "nuclei labels"])],
+)
+def test_sample_data_opens_through_the_manifest(make_napari_viewer, key, names):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-unet", "touching_cells")
-    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"]
+    viewer.open_sample("napari-unet", key)
+    assert [layer.name for layer in viewer.layers] == names
 
 
 def test_a_job_failing_with_a_runtime_error_reports_it_and_finishes(

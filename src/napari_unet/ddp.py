@@ -159,7 +159,20 @@ def mean(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return total / ranks.world_size
 
 
-def _collective(operation, tensor: torch.Tensor, **kwargs) -> None:
+def broadcast(value, ranks: Ranks):
+    """Rank 0's ``value`` (any picklable object) on every rank.
+
+    Raises:
+        RankFailure: another rank died or left.
+    """
+    if not ranks.distributed:
+        return value
+    box = [value]
+    _collective(dist.broadcast_object_list, box, src=0)
+    return box[0]
+
+
+def _collective(operation, tensor, **kwargs) -> None:
     try:
         operation(tensor, **kwargs)
     except RuntimeError as error:

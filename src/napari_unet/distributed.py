@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,31 @@ def segment_dataset(
     model: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    on_progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+):
+    """:func:`segment_dataset_iter` with progress reported to ``on_progress(done, total)``.
+
+    Returns:
+        The :class:`~napari_unet.ngff.LabelTarget` written (complete); for a folder or a
+        glob of TIFF files, the list of their targets in file order.
+    """
+    from .progress import drain
+
+    run = segment_dataset_iter(image, model, out, **options)
+    try:
+        return drain(run, None if on_progress is None else lambda step: on_progress(*step))
+    finally:
+        run.close()  # an exception in on_progress: close the cluster, cancel the tasks
+
+
+def segment_dataset_iter(
+    image: str | os.PathLike,
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
     name: str = "unet",
-    cluster: Any = "none",
+    cluster: Any = "auto",
     workers: int | None = None,
     overwrite: bool = False,
     channel_axis: int | None = None,
@@ -61,62 +84,117 @@ def segment_dataset(
     threshold: float | None = None,
     expand: int | None = None,
     min_size: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
     on_message: Callable[[str], None] | None = None,
     **settings: Any,
-) -> ngff.LabelTarget:
+) -> Generator[tuple[int, int], None, Any]:
     """Segment ``image`` with the model file ``model`` into ``out``'s ``labels/<name>``.
 
     Args:
-        image: an OME-Zarr image (NGFF 0.4/0.5; full-resolution level) or a zarr array.
-        model: model file (.safetensors); every worker loads it once.
+        image: an OME-Zarr image (NGFF 0.4/0.5; full-resolution level), a zarr array, a
+            TIFF file, or a folder or glob of TIFF files (each segmented into its own
+            OME-Zarr ``out/<file stem>.ome.zarr``, see :mod:`napari_unet.dataset_files`).
+        model: model file (.safetensors) or built-in name; every worker loads it once.
         out: an OME-Zarr folder (created; may be ``image`` itself to add the labels to
-            the input's own ``labels`` group).
+            the input's own ``labels`` group); for a set of files, a folder.
         name: label image name.
-        cluster: "none" (this process), "local" (a LocalCluster of ``workers`` one-thread
-            worker processes), a scheduler address, or a ``distributed.Client``.
+        cluster: "auto" (whichever of "none" and "local" is estimated faster, see
+            :mod:`napari_unet.cluster_choice`), "none" (this process), "local" (a
+            LocalCluster of ``workers`` one-thread worker processes), a scheduler
+            address, or a ``distributed.Client``.
         overwrite: replace labels of that name made by another model, other settings,
             or another program.
         block_size: about the edge of one task's block, px.
         threshold, expand, min_size: instance post-processing (None: the model's).
-        on_progress: called with (done, total) tasks.
-        on_message: called with one-line notes (dashboard link, resumed blocks).
+        on_message: called with one-line notes (cluster choice, dashboard link, resumed
+            blocks, files skipped).
         settings: ``device``, ``precision``, ``tile_size``, ``batch_size``,
             ``channels_last`` (None: measured on this machine, then used by every worker).
 
+    Yields:
+        (done, total) tasks (bands, then block writes); for a set of files, files.
+
     Returns:
-        The :class:`~napari_unet.ngff.LabelTarget` written (complete).
+        The :class:`~napari_unet.ngff.LabelTarget` written (complete), or the list of
+        targets for a set of files.
 
     Raises:
         ValueError: bad input (one sentence); nothing is written then.
     """
+    from . import dataset_files
+
     notify = on_message or (lambda message: None)
-    plan, run = _plan(image, model, out, name, channel_axis, block_size, threshold, expand,
-                      min_size, settings)  # fmt: skip
-    resume = _check_existing(plan.target, run, overwrite)
+    options = {"name": name, "overwrite": overwrite, "channel_axis": channel_axis,
+               "block_size": block_size, "threshold": threshold, "expand": expand,
+               "min_size": min_size, **settings}  # fmt: skip
+    if dataset_files.is_file_set(image):
+        return (
+            yield from dataset_files.segment_files_iter(
+                image, model, out, cluster=cluster, workers=workers, notify=notify, **options
+            )
+        )
+    plan, run = make_plan(image, model, out, name, channel_axis, block_size, threshold, expand,
+                          min_size, settings)  # fmt: skip
+    resume = check_existing(plan.target, run, overwrite)
+    if resume == "resume":
+        notify(resume_note(plan))
     if resume is True:
         notify(f"labels/{name} in {out} are already complete")
         return plan.target
-    client, owned = connect(cluster, workers)
+    if cluster == "auto" and workers is not None:
+        cluster = "local"  # a worker count only makes sense for a local cluster
+    if cluster == "auto":
+        cluster, workers = choose_cluster(plan.model_path, plan_megapixels(plan), plan, notify)
+    client, owned = connect(cluster, workers, notify)
     try:
-        if client is not None:
-            notify(f"dask dashboard: {client.dashboard_link}")
-        if not resume:
-            shutil.rmtree(plan.work, ignore_errors=True)
-            ngff.create_labels(plan.target, np.int32, overwrite=overwrite, run=run)
-        _prepare_work(plan, run, resume)
-        _execute(plan, client, on_progress or (lambda done, total: None), notify)
-        _finish(plan, run, client)
+        return (yield from segment_planned(plan, run, resume, client, overwrite, notify))
     finally:
         if owned:
-            cluster_object = client.cluster
-            client.close()
-            cluster_object.close()
+            close(client)
+
+
+def segment_planned(plan: Plan, run: dict, resume, client, overwrite: bool, notify) -> Generator:
+    """Run a checked plan (:func:`make_plan`) on ``client`` (None: this process)."""
+    if not resume:
+        shutil.rmtree(plan.work, ignore_errors=True)
+        ngff.create_labels(plan.target, np.int32, overwrite=overwrite, run=run)
+    _prepare_work(plan, run, resume)
+    yield from _execute(plan, client)
+    _finish(plan, run, client)
     return plan.target
 
 
-def _plan(image, model, out, name, channel_axis, block_size, threshold, expand, min_size,
-          settings) -> tuple[Plan, dict]:  # fmt: skip
+def resume_note(plan: Plan) -> str:
+    """ "resuming: k of n bands already done" for an interrupted run of ``plan``."""
+    bands = [(z, b) for z in range(len(plan.lo_hi)) for b in range(plan.grid.n_bands)]
+    skipped = sum(plan.marker("bands", z, b).exists() for z, b in bands)
+    return f"resuming: {skipped} of {len(bands)} bands already done"
+
+
+def plan_megapixels(plan: Plan) -> float:
+    """Output megapixels of a plan: planes x Y x X, in millions."""
+    return len(plan.lo_hi) * plan.grid.height * plan.grid.width / 1e6
+
+
+def choose_cluster(model_path: str, megapixels: float, plan: Plan, notify):
+    """("none" or "local", workers) for ``megapixels`` of output with ``plan``'s run
+    settings, by :func:`napari_unet.cluster_choice.choose`; says which and why through
+    ``notify``."""
+    from .cluster_choice import choose
+
+    choice = choose(model_path, megapixels, dict(plan.settings))
+    notify(f"cluster: {choice.cluster} ({choice.reason})")
+    return choice.cluster, choice.workers
+
+
+def close(client) -> None:
+    """Close a client and the cluster it started."""
+    cluster_object = client.cluster
+    client.close()
+    cluster_object.close()
+
+
+def make_plan(image, model, out, name, channel_axis, block_size, threshold, expand, min_size,
+              settings) -> tuple[Plan, dict]:  # fmt: skip
     """Validate everything (nothing written) and fix the run: settings, percentiles."""
     import dask
 
@@ -183,7 +261,7 @@ def _sha256(path) -> str:
     return digest.hexdigest()
 
 
-def _check_existing(target: ngff.LabelTarget, run: dict, overwrite: bool) -> bool | None:
+def check_existing(target: ngff.LabelTarget, run: dict, overwrite: bool) -> bool | None:
     """What to do with labels already at ``target``: False (none, or ``overwrite``:
     start afresh), True (complete with this run: nothing to do), "resume" (begun by
     this run).
@@ -211,9 +289,10 @@ def _check_existing(target: ngff.LabelTarget, run: dict, overwrite: bool) -> boo
 
 
 # -- clusters ----------------------------------------------------------------------------
-def connect(cluster: Any, workers: int | None = None):
+def connect(cluster: Any, workers: int | None = None, notify=None):
     """(client, owned): None for "none"; a new LocalCluster's client for "local" (owned:
     close it afterwards); a client of the scheduler at an address; a given Client.
+    ``notify`` receives the dashboard link.
 
     Raises:
         ValueError: a scheduler that cannot be reached, or a bad worker count.
@@ -227,14 +306,18 @@ def connect(cluster: Any, workers: int | None = None):
     from distributed import Client, LocalCluster
 
     if isinstance(cluster, Client):
-        return cluster, False
-    if cluster == "local":
+        client, owned = cluster, False
+    elif cluster == "local":
         local = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True)
-        return Client(local), True
-    try:
-        return Client(str(cluster), timeout="5s"), False
-    except (OSError, TimeoutError) as error:
-        raise ValueError(f"cannot reach the dask scheduler at {cluster}: {error}") from None
+        client, owned = Client(local), True
+    else:
+        try:
+            client, owned = Client(str(cluster), timeout="5s"), False
+        except (OSError, TimeoutError) as error:
+            raise ValueError(f"cannot reach the dask scheduler at {cluster}: {error}") from None
+    if notify is not None:
+        notify(f"dask dashboard: {client.dashboard_link}")
+    return client, owned
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -253,21 +336,18 @@ def _prepare_work(plan: Plan, run: dict, resume) -> None:
         )  # fmt: skip
 
 
-def _execute(plan: Plan, client, on_progress, notify) -> None:
+def _execute(plan: Plan, client) -> Generator[tuple[int, int], None, None]:
     grid, planes = plan.grid, len(plan.lo_hi)
     n_blocks = len(grid.blocks()) if plan.task == "instance" else 0
     bands = [(z, b) for z in range(planes) for b in range(grid.n_bands)]
-    total = len(bands) + planes * n_blocks
-    skipped = sum(plan.marker("bands", z, b).exists() for z, b in bands)
-    if skipped:
-        notify(f"resuming: {skipped} of {len(bands)} bands already done")
+    total = task_count(plan)
     done = 0
-    on_progress(done, total)
+    yield done, total
     summaries: dict = {}
     for item, result in _map(client, run_band, plan, bands):
         summaries[item] = result
         done += 1
-        on_progress(done, total)
+        yield done, total
     if plan.task != "instance":
         return
     next_id, jobs = 0, []
@@ -286,7 +366,15 @@ def _execute(plan: Plan, client, on_progress, notify) -> None:
         jobs.extend((z, block, shared) for block in range(n_blocks))
     for _ in _map(client, write_block, plan, jobs):
         done += 1
-        on_progress(done, total)
+        yield done, total
+
+
+def task_count(plan: Plan) -> int:
+    """Tasks of a plan: a band task per band and plane, then (instance models) a write
+    task per block and plane."""
+    planes = len(plan.lo_hi)
+    n_blocks = len(plan.grid.blocks()) if plan.task == "instance" else 0
+    return planes * (plan.grid.n_bands + n_blocks)
 
 
 def _share(client, value):

@@ -352,3 +352,27 @@ def _dataset(path: str, scale: np.ndarray) -> dict:
         "path": path,
         "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}],
     }
+
+
+def labels_exist(store: str | Path, name: str) -> bool:
+    """True when the OME-Zarr at ``store`` has a ``labels/<name>`` group (made by anyone)."""
+    import zarr
+
+    try:
+        zarr.open_group(store=str(store), path=f"labels/{name}", mode="r")
+    except Exception:  # no such group
+        return False
+    return True
+
+
+def label_levels(target: LabelTarget) -> list:
+    """The levels of ``target``'s multiscale labels, full resolution first (read-only zarr
+    arrays, nothing read yet), as listed in its NGFF ``multiscales`` metadata."""
+    import zarr
+
+    group = target.group()
+    datasets = _ngff_attrs(group)["multiscales"][0]["datasets"]
+    return [
+        zarr.open_array(store=target.store, path=f"{target.group_path}/{d['path']}", mode="r")
+        for d in datasets
+    ]

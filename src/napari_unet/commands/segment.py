@@ -1,12 +1,16 @@
-"""``napari-unet segment``: segment a whole OME-Zarr image (or a zarr array, a TIFF file)
-block by block, in this process or on a dask.distributed cluster, into NGFF labels.
+"""``napari-unet segment``: segment a whole OME-Zarr image (or a zarr array, a TIFF file,
+a folder or glob of TIFF files) block by block, in this process or on a dask.distributed
+cluster, into NGFF labels.
 
 The labels go to OUT's ``labels/NAME`` group (OUT may be the input itself, to add the
 labels to the image's own labels group; napari-ome-zarr then opens both together), with
 a multiscale pyramid and the image-label metadata. They equal those of ``predict`` on the
 whole image, id for id. Re-running an interrupted command resumes: finished blocks are
 skipped. Labels of that name made by another model or settings, or by another program,
-are refused unless ``--overwrite`` is given. See docs/large_data.md.
+are refused unless ``--overwrite`` is given. A folder or glob of TIFF files gives one
+OME-Zarr per file, OUT/<file stem>.ome.zarr; files already done are skipped. Without
+``--cluster`` this process or a local cluster is chosen, whichever is estimated faster
+(said on the console). See docs/large_data.md.
 """
 
 from __future__ import annotations
@@ -25,20 +29,30 @@ def register(subparsers) -> None:
         description=__doc__.replace("``", ""),
     )
     parser.add_argument(
-        "input", type=Path, help="OME-Zarr image (NGFF 0.4/0.5), zarr array or TIFF file"
+        "input",
+        type=Path,
+        help="OME-Zarr image (NGFF 0.4/0.5), zarr array, TIFF file, or a folder or quoted "
+        "glob of TIFF files",
     )
     parser.add_argument("--model", required=True, help="model file (.safetensors)")
     parser.add_argument(
-        "--out", required=True, type=Path, help="OME-Zarr folder for the labels (may be INPUT)"
+        "--out",
+        required=True,
+        type=Path,
+        help="OME-Zarr folder for the labels (may be INPUT); for TIFF files, a folder",
     )
     parser.add_argument("--name", default="unet", help="label image name (default: unet)")
     parser.add_argument(
         "--cluster",
-        default="none",
-        help="none (this process, the default), local (a LocalCluster) or a scheduler "
-        "address such as tcp://host:8786",
+        default="auto",
+        help="none (this process), local (a LocalCluster) or a scheduler address such as "
+        "tcp://host:8786; default: none or local, whichever is estimated faster",
     )
-    parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="LocalCluster worker processes (default 2; given alone, implies --cluster local)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace labels of that name made otherwise"
     )
@@ -66,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     with LazyBar(desc="blocks", unit="task", file=sys.stderr) as bar:
-        target = segment_dataset(
+        result = segment_dataset(
             args.input,
             args.model,
             args.out,
@@ -83,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
             on_message=lambda message: print(message, file=sys.stderr),
             **settings,
         )
-    print(f"labels written to {target.store}/{target.group_path}")
+    for target in result if isinstance(result, list) else [result]:
+        print(f"labels written to {target.store}/{target.group_path}")
     return 0

@@ -41,8 +41,9 @@ def register(subparsers) -> None:
         "--iterations", type=int, help="optimiser steps budget, >= 1 (default: the preset's)"
     )
     parser.add_argument(
-        "--preset", default="fast", help="settings preset: fast, dense (EM), paper "
-        "(default: %(default)s)"
+        "--preset", default=None, help="settings preset: fast, dense (EM), paper (default: "
+        "chosen from the annotation and this machine's speed, starting from fast; the "
+        "choice and its reasons are printed)"
     )  # fmt: skip
     parser.add_argument(
         "--device", default="auto", help="auto, cpu, cuda[:N], mps (default: %(default)s)"
@@ -151,7 +152,8 @@ def read_pairs(pairs: list[tuple[Path, Path]], mode: str) -> tuple[list, list]:
 
 
 def settings_from(args: argparse.Namespace):
-    """The TrainSettings of the preset, the options and ``--set NAME=VALUE``.
+    """The TrainSettings of the preset (fast when none is given), the options and ``--set
+    NAME=VALUE``, and the settings given on the command line that a recipe must keep.
 
     Raises:
         ValueError: an unknown preset or setting, or a value out of range.
@@ -161,7 +163,7 @@ def settings_from(args: argparse.Namespace):
 
     from ..train_settings import PRESETS, TrainSettings
 
-    if args.preset not in PRESETS:
+    if args.preset is not None and args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     changes = {"device": args.device, "seed": args.seed}
     if args.minutes is not None or args.iterations is not None:
@@ -169,16 +171,18 @@ def settings_from(args: argparse.Namespace):
     for name in ("val_fraction", "select_by", "gap", "precision"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    overrides = {n: changes[n] for n in ("select_by", "gap") if n in changes}
     names = [f.name for f in dataclasses.fields(TrainSettings)]
     for item in args.set or []:
         name, _, text = item.partition("=")
         if name not in names:
             raise ValueError(f"unknown setting {name!r} in --set; choose from {', '.join(names)}")
         try:
-            changes[name] = json.loads(text)
+            changes[name] = overrides[name] = json.loads(text)
         except json.JSONDecodeError:
-            changes[name] = text  # a plain word, e.g. optimizer=sgd
-    return PRESETS[args.preset].replace(**changes)  # validates every setting
+            changes[name] = overrides[name] = text  # a plain word, e.g. optimizer=sgd
+    settings = PRESETS[args.preset or "fast"].replace(**changes)  # validates every setting
+    return settings, overrides
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,9 +204,9 @@ def _launch(args: argparse.Namespace) -> int:
         raise ValueError(f"--nproc must be a whole number >= 1, got {args.nproc}")
     if launched_by_torchrun():
         raise ValueError("--nproc starts its own processes; under torchrun leave it out")
-    settings = settings_from(args)
+    settings, _ = settings_from(args)
     if args.nproc == 1:
-        return _train(args, settings)
+        return _train(args)
     _check_gpus(settings.device, args.nproc)
     _inputs(args, settings)  # bad input: one message here, not one per rank
     return launch(args.nproc, without_option(args.argv[1:], "--nproc"))
@@ -246,14 +250,14 @@ def _run_rank(args: argparse.Namespace) -> int:
     from .. import ddp
 
     ranks = ddp.ranks_from_environment()
-    settings = settings_from(args)
+    settings, overrides = settings_from(args)
     device = ddp.rank_device(settings.device, ranks)
     changes = {"device": str(device)}
     if device.type == "cpu" and settings.threads is None:
         changes["threads"] = ddp.cpu_threads(ranks)
     ddp.start(ranks, device)
     try:
-        return _train(args, settings.replace(**changes), ranks)
+        return _train(args, (settings.replace(**changes), overrides), ranks)
     except ddp.RankFailure as failure:
         return _after_failure(args, failure, ranks)
     finally:
@@ -272,7 +276,9 @@ def _after_failure(args: argparse.Namespace, failure, ranks) -> int:
     return 1
 
 
-def _train(args: argparse.Namespace, settings=None, ranks=None) -> int:
+def _train(args: argparse.Namespace, chosen=None, ranks=None) -> int:
+    """Train and save --out (rank 0); ``chosen``: ``settings_from(args)``, adapted to
+    the rank."""
     from tqdm import tqdm
 
     from ..ddp import SINGLE
@@ -281,7 +287,7 @@ def _train(args: argparse.Namespace, settings=None, ranks=None) -> int:
     from ..training import train_iter
 
     ranks = ranks or SINGLE
-    settings = settings or settings_from(args)
+    settings, overrides = chosen or settings_from(args)
     say = print if ranks.is_main else _quiet
     pairs, images, labels, init, config = _inputs(args, settings)
     say(f"training on {len(pairs)} image/label pair(s) from {args.images}")
@@ -289,6 +295,10 @@ def _train(args: argparse.Namespace, settings=None, ranks=None) -> int:
         say(f"starting from {init} ({config.base_channels} base channels, depth {config.depth})")
     if args.resume is not None:
         say(f"resuming the run in {args.resume}")
+    reasons = None
+    if args.preset is None:
+        settings, reasons, summary = _with_recipe(settings, overrides, labels, args, ranks)
+        say(summary)
     if ranks.distributed:
         say(_distributed_summary(settings, ranks))
 
@@ -333,9 +343,34 @@ def _train(args: argparse.Namespace, settings=None, ranks=None) -> int:
     if not ranks.is_main:
         return 0
 
+    if reasons is not None:
+        model.info.training["recipe"] = reasons
     save_model_or_rescue(model.to("cpu"), args.out)
     _summary(model, args.out)
     return 0
+
+
+def _with_recipe(settings, overrides: dict, labels, args: argparse.Namespace, ranks):
+    """(settings, reasons, summary line) of the recipe for ``labels``; settings given on
+    the command line (``overrides``) win. Rank 0 chooses (it times steps), every rank
+    takes its choice."""
+    from ..ddp import broadcast
+
+    chosen = None
+    if ranks.is_main:
+        from ..train_recipe import choose_settings
+
+        new_network = args.init == "new" and args.resume is None
+        settings, recipe = choose_settings(
+            labels, base=settings, mode=args.mode, new_network=new_network
+        )
+        summary = recipe.summary() + ("; " + _given(overrides) if overrides else "")
+        chosen = (settings.replace(**overrides), recipe.reasons, summary)
+    return broadcast(chosen, ranks)
+
+
+def _given(overrides: dict) -> str:
+    return "given on the command line: " + ", ".join(f"{k} {v}" for k, v in overrides.items())
 
 
 def _quiet(*args, **kwargs) -> None:

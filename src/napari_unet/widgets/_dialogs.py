@@ -25,3 +25,33 @@ def ask_save_model(parent: QWidget | None, suggestion: str = "unet" + MODEL_SUFF
     if path and not path.endswith(MODEL_SUFFIX) and "." not in path.rsplit("/", 1)[-1]:
         path += MODEL_SUFFIX
     return path or None
+
+
+PACKAGE_FILTER = "bioimage.io package (*.zip);;All files (*)"
+
+
+def ask_export_package(parent: QWidget | None, suggestion: str = "unet.zip") -> str | None:
+    """Ask where to write a bioimage.io package (the dialog asks before replacing a
+    file); None when the user cancels."""
+    path, _ = QFileDialog.getSaveFileName(
+        parent, "Export to bioimage.io", suggestion, PACKAGE_FILTER
+    )
+    if path and not path.lower().endswith(".zip"):
+        path += ".zip"
+    return path or None
+
+
+def confirm_replace(parent: QWidget | None, what: str) -> bool:
+    """Ask whether ``what`` (e.g. "labels/unet in scan.ome.zarr") may be replaced; the
+    default answer is No."""
+    from qtpy.QtWidgets import QMessageBox
+
+    buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+    answer = QMessageBox.question(
+        parent,
+        "Replace labels?",
+        f"{what} already exists. Replace it? Its labels will be lost.",
+        buttons,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes

@@ -194,7 +194,8 @@ def show_output(
     update: tuple[str, ...] = ("contrast_limits",),
     **kwargs: Any,
 ) -> Layer:
-    """Show ``data`` in the plugin's ``role`` layer for ``source``; create it if needed.
+    """Show ``data`` (an array, or a list of levels for a multiscale layer) in the
+    plugin's ``role`` layer for ``source``; create it if needed.
 
     An existing output layer of the same kind and shape gets the new data in
     place and, of ``kwargs``, only those named in ``update`` (the user's other
@@ -205,14 +206,26 @@ def show_output(
     """
     layer_type = {"image": Image, "labels": Labels}[kind]
     old = find_output(viewer, role, source.name)
-    if old is not None and isinstance(old, layer_type) and old.data.shape == data.shape:
+    multiscale = isinstance(data, list)  # levels, full resolution first
+    level0 = data[0] if multiscale else data
+    if (
+        old is not None
+        and isinstance(old, layer_type)
+        and old.multiscale == multiscale
+        and layer_data(old).shape == level0.shape
+    ):
         old.data = data
         for key in update:
             if key in kwargs:
                 setattr(old, key, kwargs[key])
         return old
     placement = source if placement is None else placement
-    ndim = data.ndim
+    ndim = level0.ndim
+    if multiscale:
+        kwargs["multiscale"] = True
+    units = getattr(source, "units", None)  # e.g. micrometer from an OME-Zarr
+    if units is not None and len(units) >= ndim:
+        kwargs.setdefault("units", tuple(str(u) for u in units)[-ndim:])
     add = viewer.add_image if kind == "image" else viewer.add_labels
     layer = add(
         data,

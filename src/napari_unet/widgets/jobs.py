@@ -50,6 +50,41 @@ def weight_map_job(
     return {name: array.reshape(labels.shape) for name, array in out.items()}
 
 
+# -- bioimage.io export ------------------------------------------------------------------
+def export_job(
+    model: Any, out: str, *, source: str, image: np.ndarray | None = None
+) -> Generator[tuple[int, int], None, str]:
+    """Write ``model`` as a bioimage.io package (zip) at ``out``, replacing it.
+
+    ``source`` says where the model came from (the package's description); ``image``
+    (Y, X), when given, makes its test tensors and cover. Yields (0, 1) then (1, 1)
+    (the export is one step: a bar without steps shows that it is busy).
+    Returns ``out``. Raises ValueError with one sentence when the bioimageio extra is
+    missing or the package is refused.
+    """
+    import getpass
+    from pathlib import Path
+
+    try:
+        from ..bioimageio_export import export_bioimageio
+    except ImportError as error:
+        raise ValueError(
+            f"bioimage.io export needs the bioimageio extra ({error.name} is missing): "
+            "pip install 'napari-unet[bioimageio]'"
+        ) from None
+    yield 0, 1
+    kind = "instance" if model.info.task == "instance" else "semantic"
+    export_bioimageio(
+        model, out,
+        name=f"napari-unet {Path(out).name.split('.')[0]}",
+        description=f"U-Net ({kind} segmentation) made with napari-unet: {source}"[:1000],
+        authors=[getpass.getuser() or "napari-unet user"],
+        image=image, overwrite=True,
+    )  # fmt: skip
+    yield 1, 1
+    return out
+
+
 # -- segmentation -------------------------------------------------------------------------
 def segment_job(
     model: Any,
@@ -58,6 +93,7 @@ def segment_job(
     channel_axis: int | None = None,
     probabilities: bool = False,
     device: str | None = None,
+    out: Any = None,
 ) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray | None]]:
     """Labels (and optionally class probabilities) of ``image`` with ``model``, through
     the one prediction path (:class:`napari_unet.predictor.Predictor`): the settings
@@ -69,21 +105,76 @@ def segment_job(
             numpy, dask or zarr (read tile by tile).
         channel_axis: as in :func:`napari_unet.inference.predict_iter`.
         probabilities: also return the probabilities (computed once, for both).
+        out: an int32 array-like of the spatial shape (e.g. :func:`temporary_labels`)
+            to write the labels into block by block; None: a numpy array.
 
     Yields:
         (done, total): the measurement on first use, then tiles and labelling blocks.
 
     Returns:
-        (labels, probabilities): int32 labels of the spatial shape and float32
+        (labels, probabilities): int32 labels of the spatial shape (``out`` when
+        given) and float32
         (n_classes, *spatial) probabilities, or None when not asked for.
     """
     from ..predictor import Predictor
 
     predictor = yield from Predictor.prepare_iter(model, device=device)
     result = yield from predictor.labels_iter(
-        image, channel_axis=channel_axis, with_probabilities=probabilities
+        image, channel_axis=channel_axis, with_probabilities=probabilities, out=out
     )
     return result if probabilities else (result, None)
+
+
+def temporary_labels(shape: tuple[int, ...]) -> Any:
+    """An empty int32 zarr array of ``shape`` in a temporary folder removed when Python
+    exits: the ``out`` of :func:`segment_job` for images larger than memory (labels are
+    then computed and kept block by block)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import zarr
+
+    from ..chunked_labels import DEFAULT_BLOCK_SIZE as LABEL_BLOCK_SIZE
+
+    folder = tempfile.mkdtemp(prefix="napari-unet-labels-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    chunks = (*(1,) * (len(shape) - 2), *(min(LABEL_BLOCK_SIZE, n) for n in shape[-2:]))
+    return zarr.create_array(store=folder, shape=shape, chunks=chunks, dtype=np.int32,
+                             fill_value=0)  # fmt: skip
+
+
+def segment_ome_zarr_job(
+    model: Any, image: str, *, name: str, overwrite: bool
+) -> Generator[tuple[int, int], None, Any]:
+    """Segment the OME-Zarr image at ``image`` block by block in this process
+    (:func:`napari_unet.distributed.segment_dataset_iter`) into its own ``labels/<name>``;
+    memory is bounded by the block size. The labels equal
+    :func:`napari_unet.inference.segment`'s on the whole image.
+
+    Args:
+        model: the in-memory model (saved to a temporary file the blocks load).
+        overwrite: replace labels of that name (the caller asked the user).
+
+    Yields:
+        (done, total) block tasks.
+
+    Returns:
+        The :class:`~napari_unet.ngff.LabelTarget` written.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from ..distributed import segment_dataset_iter
+    from ..model_io import save_model
+
+    with tempfile.TemporaryDirectory(prefix="napari-unet-model-") as folder:
+        path = save_model(model, Path(folder) / "model.safetensors")
+        return (
+            yield from segment_dataset_iter(
+                image, path, image, name=name, cluster="none", overwrite=overwrite
+            )
+        )
 
 
 # -- training -----------------------------------------------------------------------------
@@ -117,11 +208,12 @@ class ShownStep(StepRecord):
     snapshot's prediction for the visible region (None when there is none)."""
 
     preview: tuple[np.ndarray, tuple[int | None, int, int]] | None = None
+    recipe: str | None = None
 
     @classmethod
-    def of(cls, record: StepRecord, preview: tuple | None) -> ShownStep:
+    def of(cls, record: StepRecord, preview: tuple | None, recipe: str | None = None) -> ShownStep:
         values = {f.name: getattr(record, f.name) for f in fields(StepRecord)}
-        return cls(**{**values, "preview_model": None}, preview=preview)
+        return cls(**{**values, "preview_model": None}, preview=preview, recipe=recipe)
 
 
 def train_job(
@@ -132,6 +224,7 @@ def train_job(
     mode: str,
     settings: Any,
     init_model: Any = None,
+    choose_recipe: bool = False,
     should_stop: Callable[[], bool] | None = None,
     refresh: Callable[[], tuple | None] | None = None,
     preview: PreviewSource | None = None,
@@ -145,12 +238,24 @@ def train_job(
     ``(z, y, x)``. torch's
     thread count is restored afterwards (``settings.threads`` may lower it to
     leave a core to the UI).
+
+    ``choose_recipe``: ``settings`` is the base that
+    :func:`napari_unet.train_recipe.choose_settings` adapts to the annotation and the
+    machine; the first step carries the choice's summary (``recipe``) and the model
+    keeps its reasons (``info.training["recipe"]``).
     """
     import torch
 
     from ..training import train_iter
 
     threads_before = torch.get_num_threads()
+    recipe = None
+    if choose_recipe:
+        from ..train_recipe import choose_settings
+
+        settings, recipe = choose_settings(
+            labels, masks, base=settings, mode=mode, new_network=init_model is None
+        )
     run = train_iter(
         images, labels, masks=masks, mode=mode, settings=settings, init_model=init_model,
         should_stop=should_stop, refresh=refresh,
@@ -160,11 +265,14 @@ def train_job(
             try:
                 record = next(run)
             except StopIteration as stop:
+                if recipe is not None:
+                    stop.value.info.training["recipe"] = recipe.reasons
                 return stop.value
             snapshot, shown = record.preview_model, None
             if snapshot is not None and preview is not None:
                 shown = preview_prediction(snapshot, preview)
-            yield ShownStep.of(record, shown)
+            summary = recipe.summary() if recipe is not None and record.iteration == 1 else None
+            yield ShownStep.of(record, shown, summary)
     finally:
         run.close()
         torch.set_num_threads(threads_before)

@@ -4,11 +4,15 @@ The model is the viewer's current one (just trained in the Train widget, or
 loaded from a file here). The result goes to "<image> segmentation"; running
 again replaces that layer, never a layer the user made or painted on. Closing
 the dock or the viewer cancels a running segmentation and waits for its thread.
+Lazy (dask, zarr, multiscale) images are labelled block by block into a temporary
+zarr array, or, for a layer opened from an OME-Zarr, optionally into the file's own
+``labels/<name>`` group (:mod:`.ome_zarr_output`); either is shown lazily.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +20,7 @@ from magicgui.widgets import CheckBox, Container, Label, ProgressBar, PushButton
 from napari.layers import Image
 from napari.utils.notifications import show_error
 
+from .. import ngff
 from . import _dialogs
 from ._layers import (
     BadChoice,
@@ -31,8 +36,9 @@ from ._layout import column, fixed_lines, row
 from ._lifetime import WidgetLifetime
 from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
-from .jobs import segment_job
+from .jobs import export_job, segment_job, segment_ome_zarr_job, temporary_labels
 from .model_store import model_store
+from .ome_zarr_output import OmeZarrOutput
 
 
 class SegmentWidget(Container):
@@ -44,6 +50,7 @@ class SegmentWidget(Container):
         run_info: the device and the settings measured for this machine.
         load_button: replace the current model with one from a file.
         builtin_button: replace it with the built-in nuclei model.
+        export_button: write the current model as a bioimage.io package (zip).
         show_probabilities: also add the class probabilities as image layers.
         segment_button, cancel_button: start / cancel (between two tiles).
         progress: tiles done.
@@ -63,7 +70,13 @@ class SegmentWidget(Container):
         self.load_button = PushButton(text="Load model from file...")
         self.builtin_button = PushButton(text="Use built-in nuclei model")
         self.builtin_button.tooltip = "U-Net trained on DSB 2018 fluorescence nuclei (CC0)"
+        self.export_button = PushButton(text="Export to bioimage.io...", enabled=False)
+        self.export_button.tooltip = (
+            "write the current model as a bioimage.io package (zip) for ilastik, "
+            "deepImageJ, QuPath, BiaPy..."
+        )
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
+        self.ome_zarr = OmeZarrOutput()
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = row(self.segment_button, self.cancel_button)
@@ -75,7 +88,9 @@ class SegmentWidget(Container):
                 self.model_info,
                 column(self.run_info),
                 row(self.load_button, self.builtin_button),
+                row(self.export_button),
                 self.show_probabilities,
+                self.ome_zarr,
                 buttons,
                 column(self.progress, self.status),
             ]
@@ -85,9 +100,12 @@ class SegmentWidget(Container):
         self._bar: NapariProgress | None = None
         self.load_button.changed.connect(self.load_model)
         self.builtin_button.changed.connect(self.use_builtin)
+        self.export_button.changed.connect(self.export_model)
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self.store.changed.connect(self._show_model)
+        self.image_layer.changed.connect(self.ome_zarr.follow)
+        self.ome_zarr.follow(self.image_layer.value)
         self._lifetime = WidgetLifetime(self.native, self._gone)
         self._show_model()
 
@@ -99,6 +117,7 @@ class SegmentWidget(Container):
         from ..hardware import summary
 
         self.model_info.value = self.store.describe()
+        self.export_button.enabled = self.store.model is not None and self._worker is None
         self.run_info.value = summary(self.store.model)
 
     # -- actions --------------------------------------------------------------------------
@@ -129,6 +148,39 @@ class SegmentWidget(Container):
             return
         self.store.set(model, describe("nuclei"))
 
+    def export_model(self) -> None:
+        """Ask for a .zip and write the current model there as a bioimage.io package,
+        in a thread worker; the chosen image (if 2D) makes its test tensors and cover."""
+        model = self.store.model
+        if model is None or self._worker is not None:
+            return
+        path = _dialogs.ask_export_package(self.native)
+        if not path:
+            return
+        layer = self.image_layer.value
+        image = None
+        in_memory = layer is not None and isinstance(layer.data, np.ndarray)  # not lazy
+        if in_memory and layer.ndim == 2 and not layer.rgb and model.config.in_channels == 1:
+            image = layer.data
+        # one step that writes the file at its end: nothing to cancel between steps
+        self._begin(f"exporting {Path(path).name}", f"exporting to {path}...", False)
+        self._worker = start_job(
+            export_job,
+            model,
+            path,
+            source=self.store.source,
+            image=image,
+            on_yield=self._progress,
+            on_return=self._exported,
+            on_finish=self._finished,
+            on_release=self._close_bar,
+            error_prefix="export failed",
+        )
+
+    def _exported(self, path: str) -> None:
+        size = Path(path).stat().st_size / 2**20
+        self.status.value = f"exported {Path(path).name} ({size:.1f} MiB): a bioimage.io package"
+
     def segment(self) -> None:
         """Segment the chosen image with the current model in a thread worker."""
         if self._worker is not None:
@@ -138,22 +190,28 @@ class SegmentWidget(Container):
             model = self.store.model
             if model is None:
                 raise BadChoice("no model loaded: train one in 'Train U-Net' or load a file")
-            source = image_input(layer, model.config.in_channels)
+            request = self.ome_zarr.request(layer, self.native, model.config.in_channels)
+            # the OME-Zarr path reads the file itself (all channels): the layer places it
+            source = layer if request else image_input(layer, model.config.in_channels)
         except BadChoice as error:
             show_error(str(error))
             return
-        self._bar = NapariProgress(f"segmenting {layer.name}", cancel=self.cancel)
-        self.progress.visible = True
-        self.progress.value = 0
-        self.status.value = f"segmenting '{layer.name}'..."
-        self.segment_button.enabled, self.cancel_button.enabled = False, True
-        self._lifetime.watch_window()
+        self._begin(f"segmenting {layer.name}", f"segmenting '{layer.name}'...")
+        if request is not None:
+            job, args = segment_ome_zarr_job, (model, request.store)
+            options = {"name": request.name, "overwrite": request.overwrite}
+        else:
+            lazy = not isinstance(source.data, np.ndarray)
+            job, args = segment_job, (model, source.data)
+            options = {
+                "channel_axis": source.channel_axis,
+                "probabilities": self.show_probabilities.value,
+                "out": temporary_labels(source.spatial_shape) if lazy else None,
+            }
         self._worker = start_job(
-            segment_job,
-            model,
-            source.data,
-            channel_axis=source.channel_axis,
-            probabilities=self.show_probabilities.value,
+            job,
+            *args,
+            **options,
             on_yield=self._progress,
             on_return=partial(self._show, layer, source, model),
             on_finish=self._finished,
@@ -161,6 +219,16 @@ class SegmentWidget(Container):
             error_prefix="segmentation failed",
         )
         self._worker.connect_ui("aborted", self._cancelled)
+
+    def _begin(self, bar_text: str, status: str, cancellable: bool = True) -> None:
+        """Show a job as running: progress bars, status, buttons."""
+        self._bar = NapariProgress(bar_text, cancel=self.cancel if cancellable else None)
+        self.progress.visible = True
+        self.progress.value = 0
+        self.status.value = status
+        self.segment_button.enabled, self.cancel_button.enabled = False, cancellable
+        self.export_button.enabled = False
+        self._lifetime.watch_window()
 
     def cancel(self) -> None:
         """Stop the running segmentation after the current tile; no layer is changed."""
@@ -187,6 +255,7 @@ class SegmentWidget(Container):
     def _show_idle(self) -> None:
         self.progress.visible = False
         self.segment_button.enabled, self.cancel_button.enabled = True, False
+        self.export_button.enabled = self.store.model is not None
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -209,10 +278,15 @@ class SegmentWidget(Container):
     def _show(
         self,
         layer: Image,
-        source: ImageInput,
+        source: ImageInput | Image,
         model: Any,
         result: tuple[np.ndarray, np.ndarray | None],
     ) -> None:
+        written = None
+        if isinstance(result, ngff.LabelTarget):  # written into the image's OME-Zarr
+            written = f"{Path(result.store).name}/{result.group_path}"
+            levels = ngff.label_levels(result)  # napari needs two levels for multiscale
+            result = (levels if len(levels) > 1 else levels[0], None)
         labels, probabilities = result
         if layer not in self.viewer.layers:
             self.status.value = f"'{layer.name}' was removed: result dropped"
@@ -244,8 +318,17 @@ class SegmentWidget(Container):
                     visible=k == 1,
                 )
             self.viewer.layers.move(self.viewer.layers.index(out), len(self.viewer.layers))
-        if model.info.task == "instance":
-            count, what = int(labels.max()), "objects"  # ids are 1..N
-        else:
-            count, what = int(np.count_nonzero(np.bincount(labels.ravel())[1:])), "classes"
-        self.status.value = f"{count} {what} in '{out.name}'"
+        self.status.value = _summary(labels, model.info.task, out.name, written)
+
+
+def _summary(labels: Any, task: str, layer_name: str, written: str | None) -> str:
+    """One line on the result: objects or classes found, or where lazy labels were written
+    (they are not read back to count: they may not fit in memory)."""
+    if not isinstance(labels, np.ndarray):
+        where = written or "a temporary folder"
+        return f"labels in '{layer_name}', written block by block to {where}"
+    if task == "instance":
+        count, what = int(labels.max()), "objects"  # ids are 1..N
+    else:
+        count, what = int(np.count_nonzero(np.bincount(labels.ravel())[1:])), "classes"
+    return f"{count} {what} in '{layer_name}'"

@@ -61,6 +61,8 @@ from .model_store import model_store
 
 #: where training starts: a new network, or fine-tuning one of these
 START_FROM = ("new network", "built-in nuclei", "current model", "file...")
+#: the preset choice whose settings are chosen from the annotation and the machine
+AUTO = "auto"
 METRIC_NAMES = {"ap50": "AP@0.5", "iou": "IoU"}  # shown on the plot (values in 0..1)
 PROGRESS_STEPS = 1000  # resolution of the progress bars
 STATUS_INTERVAL_S = 0.25  # least time between two updates of the status and progress bars
@@ -140,7 +142,9 @@ class TrainWidget(Container):
         add_pair_button, clear_pairs_button, pairs_info: train on several pairs at once.
         mode: "instance" (objects, 0 = background) or "semantic" (scribbles:
             0 = not annotated, 1 = background, 2.. = classes).
-        preset: named :data:`napari_unet.training.PRESETS` entry.
+        preset: "auto" (:data:`AUTO`: settings chosen from the annotation and the
+            machine, :func:`napari_unet.train_recipe.choose_settings`) or a named
+            :data:`napari_unet.training.PRESETS` entry.
         budget, budget_unit: training length in minutes or iterations.
         device: "auto" or a device name.
         start_from: a new network, or fine-tuning the built-in nuclei model, the
@@ -148,6 +152,7 @@ class TrainWidget(Container):
         live_preview: show the model's prediction of the visible region while training.
         train_button, stop_button: start; stop between two steps keeping the model.
         progress, status, metrics, plot: live feedback.
+        recipe_info: what "auto" chose and why (hidden until it has chosen).
         model_info, save_button: the current model and saving it.
     """
 
@@ -170,7 +175,12 @@ class TrainWidget(Container):
             tooltip="instance: every object has its own id, 0 = background; semantic "
             "(scribbles): 0 = not annotated, 1 = background, 2, 3, ... = classes",
         )  # fmt: skip
-        self.preset = ComboBox(label="preset", choices=list(PRESETS), value=next(iter(PRESETS)))
+        self.preset = ComboBox(
+            label="preset", choices=[AUTO, *PRESETS], value=AUTO,
+            tooltip="auto: gaps, best-model metric, tile size and width chosen from your "
+            "annotation and this machine's speed (said below when training starts); "
+            "fast, dense (EM) and paper are fixed recipes",
+        )  # fmt: skip
         self.budget = FloatSpinBox(value=10.0, min=0.1, max=1_000_000.0, step=1.0)
         self.budget.native.setDecimals(1)
         self.budget.native.setMinimumWidth(100)
@@ -188,6 +198,8 @@ class TrainWidget(Container):
         self.progress = ProgressBar(value=0, max=PROGRESS_STEPS, visible=False)
         self.status = fixed_lines(Label(), 2)  # live text: never re-lays out the dock
         self.metrics = fixed_lines(Label(), 3)
+        self.recipe_info = fixed_lines(Label(), 4)
+        self.recipe_info.visible = False
         self.model_info = Label(label="model")
         self.save_button = PushButton(text="Save model...", enabled=False)
         self.model_info.native.setWordWrap(True)
@@ -205,7 +217,7 @@ class TrainWidget(Container):
                 self.start_from,
                 self.live_preview,
                 row(self.train_button, self.stop_button),
-                column(self.progress, self.status, self.metrics),
+                column(self.progress, self.status, self.metrics, self.recipe_info),
             ]
         )
         self.plot = LossPlot()
@@ -283,8 +295,11 @@ class TrainWidget(Container):
         return list(self.pairs)
 
     # -- settings -------------------------------------------------------------------------
+    def _base_preset(self) -> Any:
+        return PRESETS["fast" if self.preset.value == AUTO else self.preset.value]
+
     def _preset_budget(self, *_: Any) -> None:
-        preset = PRESETS[self.preset.value]
+        preset = self._base_preset()
         if preset.minutes is not None:
             self.budget_unit.value = "minutes"
             self.budget.value = preset.minutes
@@ -303,10 +318,8 @@ class TrainWidget(Container):
             else {"minutes": None, "iterations": max(1, round(self.budget.value))}
         )
         # leave one core to the UI (the preset may ask for fewer threads still)
-        threads = PRESETS[self.preset.value].threads or max(1, (os.cpu_count() or 2) - 1)
-        return PRESETS[self.preset.value].replace(
-            device=self.device.value, threads=threads, **budget
-        )
+        threads = self._base_preset().threads or max(1, (os.cpu_count() or 2) - 1)
+        return self._base_preset().replace(device=self.device.value, threads=threads, **budget)
 
     # -- training -------------------------------------------------------------------------
     def train(self) -> None:
@@ -339,6 +352,7 @@ class TrainWidget(Container):
         self._update_visible()
         self.plot.clear()
         self.metrics.value = ""
+        self.recipe_info.value, self.recipe_info.visible = "", False
         self.status.value = "preparing the training data..."
         self.progress.value, self.progress.visible = 0, True
         self.train_button.enabled, self.stop_button.enabled = False, True
@@ -353,6 +367,7 @@ class TrainWidget(Container):
             mode=self.mode.value,
             settings=settings,
             init_model=init_model,
+            choose_recipe=self.preset.value == AUTO,
             should_stop=lambda: self._stop_requested,
             refresh=partial(self._refresh, pairs),
             preview=preview,
@@ -421,6 +436,8 @@ class TrainWidget(Container):
         iteration, progress = record.iteration, record.progress
         if iteration == 1:
             freeze_new_objects()  # the engine's imports, data and model: here to stay
+        if record.recipe is not None:
+            self.recipe_info.value, self.recipe_info.visible = record.recipe, True
         self.plot.add_loss(iteration, record.loss)
         if record.val is not None:
             shown = {METRIC_NAMES[k]: v for k, v in record.val.items() if k in METRIC_NAMES}

@@ -1,0 +1,92 @@
+"""Training settings chosen from the annotation and the machine (torch: it times steps).
+
+:func:`choose_settings` is what ``napari-unet train`` without ``--preset`` and the
+Train widget's "auto" preset run before training: the pure rules of
+:mod:`napari_unet.recipe` applied to the labels, with the optimiser steps/s of the
+candidate widths measured on the training device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .devices import choose_device
+from .model import UNet
+from .recipe import AnnotationStats, Recipe, choose_recipe, describe_annotation
+from .train_settings import TrainSettings
+
+#: network widths (base channels) the recipe chooses between
+WIDTHS = (16, 32)
+
+
+def measure_steps_per_s(
+    settings: TrainSettings, in_channels: int = 1, widths: Sequence[int] = WIDTHS, steps: int = 2
+) -> dict[int, float]:
+    """Optimiser steps/s of a network of each width with ``settings`` (tile, batch,
+    depth, device, precision as training will run them), timed over ``steps`` steps
+    after one warm-up step on random data: a few seconds on a CPU."""
+    from .training import make_optimizer, optimizer_step, run_settings
+
+    device = choose_device(None if settings.device == "auto" else settings.device)
+    size = settings.tile_size
+    # the run settings measured for the preset's width serve all widths (measuring
+    # inference again for each would cost more than the training steps timed here)
+    run = run_settings(UNet(settings.config(in_channels)), device, settings)
+    speeds = {}
+    for width in widths:
+        model = UNet(settings.replace(base_channels=width).config(in_channels)).to(device)
+        model = model.to(memory_format=run.memory_format).train()
+        optimizer = make_optimizer(model, settings)
+        scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
+        out = model.config.output_size(size)
+        batch = (
+            torch.rand(settings.batch_size, in_channels, size, size, device=device).contiguous(
+                memory_format=run.memory_format
+            ),
+            torch.randint(0, 2, (settings.batch_size, out, out), device=device),
+            torch.ones(settings.batch_size, out, out, device=device),
+        )
+        optimizer_step(model, optimizer, scaler, run, batch)  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer_step(model, optimizer, scaler, run, batch)
+        speeds[width] = steps / (time.perf_counter() - start)
+    return speeds
+
+
+def choose_settings(
+    labels: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None] | None = None,
+    *,
+    base: TrainSettings,
+    mode: str = "instance",
+    new_network: bool = True,
+    in_channels: int = 1,
+    measure=None,
+) -> tuple[TrainSettings, Recipe]:
+    """``base`` with the recipe for ``labels`` (inside ``masks``) applied.
+
+    Instance labels only (semantic scribbles keep ``base``). The width is chosen only
+    for a ``new_network`` with a minutes budget (a fine-tuned model keeps its own;
+    a step budget does not depend on speed); the tile only grows within the planes.
+    ``measure(settings, in_channels) -> {width: steps/s}`` (default
+    :func:`measure_steps_per_s`).
+    """
+    if mode != "instance":
+        return base, Recipe({}, ["semantic labels: the preset as it is"])
+    stats: AnnotationStats = describe_annotation(labels, masks)
+    if stats.objects == 0:
+        return base, Recipe({}, ["no objects annotated yet: the preset as it is"], stats)
+    max_tile = min(min(np.shape(lab)[-2:]) for lab in labels)
+    speeds = None
+    if new_network and base.minutes is not None and base.iterations is None:
+        speeds = (measure or measure_steps_per_s)(base, in_channels)
+    recipe = choose_recipe(
+        stats, config=base.config(in_channels), tile_size=base.tile_size,
+        max_tile=max(max_tile, base.tile_size), steps_per_s=speeds, minutes=base.minutes,
+    )  # fmt: skip
+    return base.replace(**recipe.changes), recipe

@@ -1,0 +1,166 @@
+"""The recipe chosen from the annotation: what it measures and what it picks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.segmentation import find_boundaries
+
+from napari_unet.config import UNetConfig
+from napari_unet.recipe import NEAR_PX, choose_recipe, describe_annotation
+from napari_unet.sample_data import make_nuclei
+
+CONFIG = UNetConfig(1, 2, 16, 3)
+
+
+def tissue(shape=(256, 256), cells=40, seed=0) -> np.ndarray:
+    """Voronoi cells filling the plane, split by 2 px background membranes (EM-like)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, shape[0], (cells, 2))
+    yy, xx = np.indices(shape)
+    owner = np.argmin(
+        (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2, -1
+    )
+    labels = owner.astype(np.int32) + 1
+    labels[find_boundaries(labels, mode="thick")] = 0
+    return labels
+
+
+def two_squares(gap: int) -> np.ndarray:
+    labels = np.zeros((64, 96), np.int32)
+    labels[20:40, 10:30] = 1
+    labels[20:40, 30 + gap : 50 + gap] = 2
+    return labels
+
+
+@pytest.mark.parametrize(("gap", "touching"), [(0, 1.0), (NEAR_PX, 1.0), (NEAR_PX + 3, 0.0)])
+def test_objects_count_as_touching_up_to_a_thin_gap(gap, touching):
+    assert describe_annotation([two_squares(gap)]).touching == touching
+
+
+def test_stats_measure_fill_size_and_count_inside_the_mask_only():
+    labels = two_squares(10)
+    mask = np.zeros(labels.shape, bool)
+    mask[:, :32] = True  # only the first square is annotated
+    stats = describe_annotation([labels], [mask])
+    assert stats.objects == 1 and stats.annotated_px == mask.sum()
+    assert stats.fill == pytest.approx(400 / mask.sum())
+    assert stats.median_diameter == pytest.approx(np.sqrt(4 * 400 / np.pi))
+
+
+def test_em_like_tissue_gets_the_dense_recipe_and_nuclei_the_sparse_one():
+    dense = choose_recipe(describe_annotation([tissue(seed=s) for s in range(2)]))
+    assert dense.stats.dense
+    assert dense.changes == {"gap": 2, "select_by": "rand_error"}
+    assert "dense tissue" in dense.summary()
+    sparse = choose_recipe(describe_annotation([make_nuclei(seed=0)[1]]))
+    assert not sparse.stats.dense
+    assert sparse.changes == {"gap": 1, "select_by": "ap50"}
+
+
+def test_tiles_grow_for_large_objects_within_the_planes():
+    small = describe_annotation([make_nuclei(seed=0)[1]])
+    assert "tile_size" not in choose_recipe(small, config=CONFIG, tile_size=188).changes
+    large = np.zeros((600, 600), np.int32)
+    large[100:220, 100:220] = 1  # 120 px across: the 100 px output of a 188 tile is too small
+    stats = describe_annotation([large])
+    tile = choose_recipe(stats, config=CONFIG, tile_size=188).changes["tile_size"]
+    assert CONFIG.output_size(tile) >= 2 * stats.median_diameter
+    assert CONFIG.output_size(tile - CONFIG.pool_factor) < 2 * stats.median_diameter
+    capped = choose_recipe(stats, config=CONFIG, tile_size=188, max_tile=300).changes
+    assert capped["tile_size"] <= 300 and CONFIG.is_valid_input(capped["tile_size"])
+
+
+def test_width_follows_the_measured_speed_and_the_budget():
+    stats = describe_annotation([make_nuclei(seed=0)[1]])
+    slow = choose_recipe(stats, steps_per_s={16: 3.0, 32: 1.2}, minutes=10)
+    assert slow.changes["base_channels"] == 16 and "would not get" in slow.summary()
+    fast = choose_recipe(stats, steps_per_s={16: 30.0, 32: 12.0}, minutes=10)
+    assert fast.changes["base_channels"] == 32 and "12.0 steps/s" in fast.summary()
+
+
+# -- wired into training: the CLI and the Train widget -------------------------------------
+def write_pairs(folder, make_labels, count=2):
+    import tifffile
+
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for index in range(count):
+        labels = make_labels(seed=index)
+        image = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+        tifffile.imwrite(folder / "images" / f"p{index}.tif", image)
+        tifffile.imwrite(folder / "labels" / f"p{index}.tif", labels)
+
+
+def test_cli_without_preset_chooses_the_dense_recipe_for_tissue(tmp_path, capsys):
+    from napari_unet.cli import main
+    from napari_unet.model_io import load_model
+
+    write_pairs(tmp_path, tissue)
+    out = tmp_path / "m.safetensors"
+    argv = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
+    assert main([*argv, "--out", str(out), "--iterations", "2", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe chosen from the annotation: dense tissue" in printed
+    training = load_model(out).info.training
+    assert training["gap"] == 2 and training["select_by"] == "rand_error"
+    assert "dense tissue" in training["recipe"][0]
+    # an option given on the command line wins over the recipe; a preset skips it
+    assert main([*argv, "--out", str(out), "--iterations", "2", "--gap", "1"]) == 0
+    assert "given on the command line: gap 1" in capsys.readouterr().out
+    assert load_model(out).info.training["gap"] == 1
+    assert main([*argv, "--out", str(out), "--iterations", "2", "--preset", "fast"]) == 0
+    assert "recipe" not in capsys.readouterr().out
+    assert "recipe" not in load_model(out).info.training
+
+
+def test_width_is_measured_only_for_a_new_network_with_a_minutes_budget(monkeypatch):
+    from napari_unet import train_recipe
+    from napari_unet.training import PRESETS
+
+    calls = []
+
+    def measure(settings, in_channels):
+        calls.append(settings.tile_size)
+        return {16: 40.0, 32: 20.0}
+
+    monkeypatch.setattr(train_recipe, "measure_steps_per_s", measure)
+    labels = [make_nuclei(seed=0)[1]]
+    base = PRESETS["fast"].replace(minutes=5.0, iterations=None)
+    settings, _ = train_recipe.choose_settings(labels, base=base)
+    assert calls == [188] and settings.base_channels == 32 and settings.gap == 1
+    settings, _ = train_recipe.choose_settings(labels, base=base, new_network=False)
+    assert calls == [188] and settings.base_channels == base.base_channels
+    steps = base.replace(minutes=None, iterations=100)
+    settings, _ = train_recipe.choose_settings(labels, base=steps)
+    assert calls == [188] and settings.base_channels == base.base_channels
+
+
+def test_measured_training_speed_is_positive_for_each_width():
+    from napari_unet.train_recipe import measure_steps_per_s
+    from napari_unet.training import PRESETS
+
+    settings = PRESETS["fast"].replace(tile_size=124, batch_size=1, device="cpu")
+    speeds = measure_steps_per_s(settings, widths=(8, 16), steps=1)
+    assert set(speeds) == {8, 16} and all(v > 0 for v in speeds.values())
+
+
+def test_train_widget_auto_preset_shows_and_stores_the_recipe(make_napari_viewer, qtbot):
+    from napari_unet.widgets.model_store import model_store
+    from napari_unet.widgets.train_widget import AUTO, TrainWidget
+
+    viewer = make_napari_viewer()
+    labels = tissue(seed=0)
+    viewer.add_image(np.where(labels > 0, 0.8, 0.1).astype(np.float32), name="em")
+    viewer.add_labels(labels, name="cells")
+    widget = TrainWidget(viewer)
+    assert widget.preset.value == AUTO and widget.recipe_info.native.isHidden()
+    widget.budget_unit.value = "iterations"
+    widget.budget.value = 3
+    widget.device.value = "cpu"
+    widget.train()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not widget.recipe_info.native.isHidden()
+    assert "dense tissue" in widget.recipe_info.value
+    training = model_store(viewer).model.info.training
+    assert training["gap"] == 2 and "dense tissue" in training["recipe"][0]
