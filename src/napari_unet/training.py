@@ -569,7 +569,8 @@ def train_iter(
     )  # fmt: skip
     train_planes, val_planes, in_channels, n_classes = load(images, labels, masks)
     model = _initial_model(init_model, settings, in_channels, n_classes, mode, device)
-    run = run_settings(model, device, settings)
+    # rank 0 chooses (it may measure the machine); every rank runs the same way
+    run = ddp.broadcast(run_settings(model, device, settings) if ranks.is_main else None, ranks)
     model.info.training = _training_info(settings, mode, run, device, ranks)
     model = model.to(memory_format=run.memory_format)
     model.train()
