@@ -134,14 +134,18 @@ def test_a_killed_rank_ends_the_run_and_keeps_the_best_model(tmp_path):
         victim = rank_process(marker, rank=1)
         assert victim is not None, "rank 1 not found"
         os.kill(victim, signal.SIGKILL)
-        _, stderr = run.communicate(timeout=120)
+        stdout, stderr = run.communicate(timeout=120)
     finally:
         run.kill()
     assert run.returncode != 0
-    ended = "(rank 0): error: another training process failed or was stopped"
-    assert ended in stderr and f"the best model so far was saved to {out}" in stderr, stderr
-    saved = load_model(out)
-    assert saved.info.history["iterations"] >= 3 and saved.info.history["best_val"]
+    # rank 0 notices the failed collective, or, when the agent's SIGTERM comes first and
+    # the last all-reduce had completed, stops gracefully: either way --out is saved
+    failed = "(rank 0): error: another training process failed or was stopped"
+    rescued = f"the best model so far was saved to {out}"
+    stopped = f"; saved {out}"  # rank 0 stopped gracefully
+    assert (failed in stderr and rescued in stderr) or stopped in stdout, stderr
+    model = load_model(out)
+    assert model.info.history["iterations"] >= 3 and model.info.history["best_val"]
     _, state = load_train_state(checkpoints)  # a matching pair, or it raises
     assert state["optimizer"]["state"]
     load_model(checkpoints / BEST_NAME)
