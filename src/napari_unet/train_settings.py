@@ -55,6 +55,9 @@ class TrainSettings:
             "ap50" (AP at IoU 0.5: separate objects, e.g. nuclei) or "rand_error"
             (lowest Rand error: dense tissue such as EM, where cells fill the image).
             Semantic models always use the mean IoU.
+        ema: decay per step of an exponential moving average of the weights (e.g.
+            0.99: the last ~100 steps count); validation, the preview, the best and
+            the returned model then use the averaged weights. 0: off.
     """
 
     base_channels: int = 16
@@ -87,6 +90,7 @@ class TrainSettings:
     threads: int | None = None
     seed: int | None = 0
     select_by: str = "ap50"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.select_by not in SELECT_BY:
@@ -148,6 +152,7 @@ _OPTIONAL = ("iterations", "minutes", "val_every", "val_every_s", "threads")
 _NUMBER_RANGES = {
     "lr": "(0, inf)",
     "momentum": "[0, 1)",
+    "ema": "[0, 1)",
     "weight_decay": "[0, inf)",
     "warmup": "[0, 1)",
     "minutes": "(0, inf)",

@@ -305,6 +305,23 @@ class ValidationClock:
         self.next_time = now + max(self.every_s, 9 * seconds)
 
 
+class WeightAverage:
+    """The weights training validates and returns: the model's own, or with
+    ``settings.ema`` > 0 their exponential moving average (torch's ``AveragedModel``)."""
+
+    def __init__(self, model: UNet, decay: float):
+        self.averaged = None
+        if decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.model = model if self.averaged is None else self.averaged.module
+
+    def update(self, model: UNet) -> None:
+        if self.averaged is not None:
+            self.averaged.update_parameters(model)
+
+
 class BestTracker:
     """The best model by validation so far (its score, metrics and weights) and the
     validation history; writes ``out_dir / BEST_NAME`` on every improvement."""
@@ -577,6 +594,7 @@ def train_iter(
     net = _data_parallel(model, ranks, device)
     source = TileSource(train_planes, device, rng)
     optimizer = make_optimizer(model, settings)
+    weights = WeightAverage(model, settings.ema)
     scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
     iteration = _restore(state, optimizer, scaler)
     out_dir = Path(out_dir) if out_dir is not None and ranks.is_main else None
@@ -608,6 +626,7 @@ def train_iter(
             set_learning_rate(optimizer, lr)
             batch = draw_batch(source, settings, model.config, run, generator, ranks)
             loss = optimizer_step(net, optimizer, scaler, run, batch, ranks)
+            weights.update(model)
             iteration += 1
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -617,14 +636,14 @@ def train_iter(
             now = time.perf_counter()
             record = StepRecord(iteration, loss, lr, now - start, budget.progress(iteration))
             if ranks.is_main and val_planes and validation.due(now, iteration):
-                metrics = evaluate(Predictor(model, device, run), val_planes)
-                best.add(model, metrics, iteration, budget.elapsed())
+                metrics = evaluate(Predictor(weights.model, device, run), val_planes)
+                best.add(weights.model, metrics, iteration, budget.elapsed())
                 last.write(best.stamp(model, iteration, budget.elapsed()), iteration)
                 spent, now = time.perf_counter() - now, time.perf_counter()
                 validation.took(spent, now)
                 record = dataclasses.replace(record, val=metrics)
             if ranks.is_main and preview.due(now):
-                record = dataclasses.replace(record, preview_model=_snapshot(model))
+                record = dataclasses.replace(record, preview_model=_snapshot(weights.model))
             yield dataclasses.replace(record, best=best.best, notice=notice)
             notice = None
     except RuntimeError as error:
@@ -639,6 +658,8 @@ def train_iter(
             message += f", the best model so far and the last state are in {out_dir}"
         raise RankFailure(message, _snapshot(model) if ranks.is_main else None) from error
 
+    if weights.model is not model:  # the averaged weights are the result
+        model.load_state_dict(weights.model.state_dict())
     val_planes = val_planes if ranks.is_main and iteration > 0 else []
     if val_planes:
         final = evaluate(Predictor(model, device, run), val_planes)

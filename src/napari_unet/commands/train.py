@@ -83,6 +83,12 @@ def register(subparsers) -> None:
         help="px background line kept between touching objects, >= 0 (default: the preset's)",
     )
     parser.add_argument(
+        "--ema",
+        type=float,
+        help="decay of a moving average of the weights in [0, 1), e.g. 0.99; validation and "
+        "the saved model use the averaged weights (default: the preset's, 0 = off)",
+    )
+    parser.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         help="autocast precision; auto = the one measured fastest for this network on this "
@@ -168,7 +174,7 @@ def settings_from(args: argparse.Namespace):
     changes = {"device": args.device, "seed": args.seed}
     if args.minutes is not None or args.iterations is not None:
         changes.update(minutes=args.minutes, iterations=args.iterations)
-    for name in ("val_fraction", "select_by", "gap", "precision"):
+    for name in ("val_fraction", "select_by", "gap", "precision", "ema"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     overrides = {n: changes[n] for n in ("select_by", "gap") if n in changes}
