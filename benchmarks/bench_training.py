@@ -11,7 +11,12 @@ snapshots on the held-out split: every 5th file in name order)::
     flock /tmp/napari-unet-cpu.lock python benchmarks/bench_training.py accuracy \
         --data ../shared/data/dsb2018/train --minutes 10 --json dsb.json
 
-Both print the machine, torch version and thread count with the results.
+DistributedDataParallel (the product's ``train_iter`` on 1 and 2 ranks started by torchrun,
+gloo on the CPU: each rank gets cores // ranks threads and 4 tiles per step)::
+
+    flock /tmp/napari-unet-cpu.lock python benchmarks/bench_training.py ddp --ranks 1 2
+
+All print the machine, torch version and thread count with the results.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -200,6 +206,66 @@ def accuracy(args) -> None:
         save_model(final, args.save)
 
 
+# -- DistributedDataParallel -----------------------------------------------------------
+def ddp_settings(args) -> TrainSettings:
+    return PRESETS["fast"].replace(
+        minutes=None, iterations=args.steps + 3, val_fraction=0.0, preview_every_s=1e9,
+        tile_size=args.tile, device="cpu",
+    )  # fmt: skip
+
+
+def ddp_worker(args) -> None:
+    """One rank (under torchrun): train, and rank 0 writes the step times to args.json."""
+    from napari_unet import ddp
+
+    ranks = ddp.ranks_from_environment()
+    settings = ddp_settings(args).replace(threads=ddp.cpu_threads(ranks))
+    ddp.start(ranks, torch.device("cpu"))
+    try:
+        objects = 120 * args.size**2 // 512**2
+        image, labels = make_sample((args.size, args.size), n_objects=objects, seed=0)
+        times = [r.elapsed for r in train_iter([image], [labels], settings=settings, ranks=ranks)]
+    finally:
+        ddp.stop()
+    if ranks.is_main:
+        Path(args.json).write_text(json.dumps({"times": times, "threads": settings.threads}))
+
+
+def ddp_scaling(args) -> None:
+    """Steps/s and samples/s of ``train_iter`` on each number of ranks in ``args.ranks``."""
+    import subprocess
+    import tempfile
+
+    from napari_unet.training import run_settings
+
+    settings = ddp_settings(args)
+    run_settings(UNet(settings.config()), torch.device("cpu"), settings)  # measured once, cached
+    print(f"machine: {machine()}")
+    print(f"tile {args.tile} px, batch {settings.batch_size} per rank, {args.steps} timed steps")
+    rows = []
+    for n in args.ranks:
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "times.json"
+            command = [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", str(n), __file__, "ddp-worker", "--json", str(out),
+                "--steps", str(args.steps), "--tile", str(args.tile), "--size", str(args.size),
+            ]  # fmt: skip
+            subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            result = json.loads(out.read_text())
+        times = result["times"]
+        steps_per_s = args.steps / (times[-1] - times[2])  # excluding the first 3 steps
+        samples = steps_per_s * settings.batch_size * n
+        rows.append({"ranks": n, "threads": result["threads"], "steps_per_s": steps_per_s})
+        rows[-1]["samples_per_s"] = samples
+        print(
+            f"  {n} rank(s) x {result['threads']} thread(s): {steps_per_s:.2f} steps/s, "
+            f"{samples:.1f} samples/s (effective batch {settings.batch_size * n})"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -215,9 +281,22 @@ def main(argv=None) -> int:
     a.add_argument("--set", action="append", help="override a setting: key=json_value")
     a.add_argument("--json", help="write the results here")
     a.add_argument("--save", help="save the final model to this file")
+    d = sub.add_parser("ddp")
+    d.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    d.add_argument("--steps", type=int, default=20)
+    d.add_argument("--tile", type=int, default=188)
+    d.add_argument("--size", type=int, default=512, help="edge of the generated sample, px")
+    d.add_argument("--json", help="write the results here")
+    w = sub.add_parser("ddp-worker")  # one rank, started by the ddp case through torchrun
+    w.add_argument("--steps", type=int, required=True)
+    w.add_argument("--tile", type=int, required=True)
+    w.add_argument("--size", type=int, required=True)
+    w.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     UNetConfig()  # fail early on a broken install
-    {"throughput": throughput, "accuracy": accuracy}[args.what](args)
+    cases = {"throughput": throughput, "accuracy": accuracy, "ddp": ddp_scaling}
+    cases["ddp-worker"] = ddp_worker
+    cases[args.what](args)
     return 0
 
 

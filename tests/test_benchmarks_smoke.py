@@ -74,6 +74,18 @@ def test_bench_training_throughput_smoke():
     assert "median: plain" in done.stdout
 
 
+def test_bench_training_ddp_smoke(tmp_path):
+    out = tmp_path / "ddp.json"
+    args = ["ddp", "--ranks", "1", "2", "--steps", "2", "--tile", "92", "--size", "128"]
+    done = run_script("bench_training.py", *args, "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    cores = os.cpu_count()
+    assert [(r["ranks"], r["threads"]) for r in rows] == [(1, cores), (2, max(1, cores // 2))]
+    for row in rows:
+        assert row["samples_per_s"] == pytest.approx(row["steps_per_s"] * 4 * row["ranks"])
+
+
 def test_bench_training_accuracy_and_plot_smoke(tmp_path):
     import tifffile
 

@@ -32,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import hardware
+from . import checkpoints, ddp, hardware
 from .augment import augment
+from .checkpoints import BEST_NAME, LAST_NAME, load_train_state, save_model_copy
 from .config import ModelInfo
 from .data import Plane, WeightCache, prepare_planes, split_validation
+from .ddp import SINGLE, RankFailure, Ranks
 from .devices import choose_device
 from .hardware import RunSettings
 from .model import UNet
@@ -51,9 +53,6 @@ __all__ = [
     "TrainSettings", "_validation_set", "evaluate", "run_settings", "score", "split_planes",
     "train", "train_iter", "tune_postprocess", "weighted_cross_entropy",
 ]  # fmt: skip
-
-BEST_NAME = "best.safetensors"
-LAST_NAME = "last.safetensors"
 
 
 # -- device and run settings --------------------------------------------------------
@@ -93,16 +92,27 @@ class TileSource:
         self.plane_probability = counts / counts.sum()
         self.shapes = [p.weight.shape for p in planes]
 
-    def sample(self, batch: int, patch: int):
-        """(B, C, P, P) images, (B, P, P) targets and weights centred on annotated pixels."""
+    def sample(self, batch: int, patch: int, ranks: Ranks = SINGLE):
+        """(B, C, P, P) images, (B, P, P) targets and weights centred on annotated pixels.
+
+        With several ranks (sharing one seed) every rank draws the same
+        ``batch * world_size`` tile positions and keeps its share (every
+        ``world_size``-th, from its rank): the ranks together train on the tiles one
+        process would draw for the whole batch.
+        """
         images, targets, weights = [], [], []
-        for index in self.rng.choice(len(self.images), size=batch, p=self.plane_probability):
+        planes = self.rng.choice(
+            len(self.images), size=batch * ranks.world_size, p=self.plane_probability
+        )
+        for number, index in enumerate(planes):
             height, width = self.shapes[index]
             annotated = self.annotated[index]
             if annotated is None:
                 centre = self.rng.integers(height * width)
             else:
                 centre = self.rng.choice(annotated)
+            if number % ranks.world_size != ranks.rank:
+                continue
             top, left = (c - patch // 2 for c in divmod(int(centre), width))
             rows = reflect_indices(top, top + patch, height)
             cols = reflect_indices(left, left + patch, width)
@@ -119,11 +129,18 @@ def _annotated_pixels(weight: np.ndarray) -> np.ndarray | None:
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    normaliser: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pixel-wise softmax cross-entropy weighted by ``weight``, normalised by its sum."""
+    """Pixel-wise softmax cross-entropy of logits (B, K, O, O) against target (B, O, O)
+    weighted by ``weight`` (B, O, O), divided by ``normaliser`` (default: the weight's
+    sum, at least 1)."""
     loss = F.cross_entropy(logits.float(), target, reduction="none")
-    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
+    if normaliser is None:
+        normaliser = weight.sum().clamp_min(1.0)
+    return (loss * weight).sum() / normaliser
 
 
 # -- the engine --------------------------------------------------------------------
@@ -162,16 +179,7 @@ def _initial_model(init_model, settings, in_channels, n_classes, mode, device) -
     return model
 
 
-def _save(model: UNet, path: Path) -> None:
-    """Save a CPU copy atomically; a failure (e.g. a full disk) leaves older files intact."""
-    from .model_io import save_model
-
-    snapshot = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
-    try:
-        save_model(snapshot, path)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise OSError(f"could not save the model to {path}: {reason}") from error
+_save = save_model_copy
 
 
 def split_planes(
@@ -225,23 +233,30 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def optimizer_step(
-    model: UNet,
+    net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     run: RunSettings,
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ranks: Ranks = SINGLE,
 ) -> float:
     """One forward/backward/update on ``batch`` = (x (B, C, T, T), target (B, O, O),
-    weight (B, O, O)); returns the loss as a float."""
+    weight (B, O, O)); returns the loss (of all ranks' tiles) as a float.
+
+    With several ranks ``net`` is the DistributedDataParallel wrapper, which averages
+    the gradients; each rank divides its weighted loss by the mean weight sum over the
+    ranks, so that the average is the gradient of the whole batch's loss.
+    """
     x, target, weight = batch
     with run.autocast(x.device):
-        logits = model(x)
-    loss = weighted_cross_entropy(logits, target, weight)
+        logits = net(x)
+    normaliser = ddp.mean(weight.sum(), ranks).clamp_min(1.0 / ranks.world_size)
+    loss = weighted_cross_entropy(logits, target, weight, normaliser)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return float(loss.detach())
+    return float(ddp.mean(loss.detach(), ranks))
 
 
 class Budget:
@@ -341,6 +356,22 @@ class BestTracker:
         return model
 
 
+class LastWriter:
+    """Writes ``last.safetensors`` and ``last.train_state.pt`` (the optimiser and scaler
+    state, for resuming) into ``out_dir``; nothing without one."""
+
+    def __init__(self, out_dir: Path | None, optimizer, scaler, world_size: int):
+        self.out_dir, self.optimizer, self.scaler = out_dir, optimizer, scaler
+        self.world_size = world_size
+
+    def write(self, model: UNet, iteration: int) -> None:
+        if self.out_dir is not None:
+            checkpoints.save_last(
+                model, self.optimizer, self.scaler, iteration=iteration,
+                world_size=self.world_size, folder=self.out_dir,
+            )  # fmt: skip
+
+
 def _resolve_init(init_model: UNet | str | Path | None):
     """(init model or None, its classes or None, the normalisation to use or None)."""
     if init_model is None:
@@ -365,34 +396,99 @@ def _refreshed(new: tuple, load: Callable, device: torch.device, rng: np.random.
         return None, None, notice
 
 
-def _seeded(seed: int | None, device: torch.device):
+def _seeded(seed: int | None, device: torch.device, ranks: Ranks = SINGLE):
     """Seed torch's global generator (initialisation, dropout) and return the numpy
-    generator (tiles, validation split) and the torch one (augmentation) of ``seed``."""
+    generator (tile positions: the same on every rank, see :meth:`TileSource.sample`)
+    and the torch one (augmentation: seeded per rank) of ``seed``."""
     if seed is not None:
         torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(rng.integers(2**62)))
+    generator.manual_seed(int(rng.integers(2**62)) + ranks.rank)
     return rng, generator
 
 
-def _training_info(settings: TrainSettings, mode: str, run: RunSettings, device) -> dict:
-    """What ``model.info.training`` records: the settings and how the run actually ran."""
-    return {
+def _keep_going(budget: Budget, iteration: int, should_stop, ranks: Ranks, device):
+    """(train another step?, budget used 0..1), the same on every rank: the largest
+    share of the budget any rank has used, and a stop requested on any rank."""
+    progress = budget.progress(iteration)
+    stop = progress >= 1.0 or should_stop()
+    progress, stop = ddp.agree([progress, float(stop)], ranks, device)
+    return not stop, progress
+
+
+def _data_parallel(model: UNet, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel (which averages the gradients of
+    the ranks), or ``model`` itself in one process."""
+    if not ranks.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _resume_or_init(resume, init_model):
+    """(the model to start from, the training state to restore or None)."""
+    if resume is None:
+        return init_model, None
+    if init_model is not None:
+        raise ValueError("give a model to start from or a run to resume, not both")
+    return load_train_state(resume)
+
+
+def _restore(state: dict | None, optimizer: torch.optim.Optimizer, scaler) -> int:
+    """Load a resumed run's optimiser and scaler state; returns its step count (0 for a
+    new run).
+
+    Raises:
+        ValueError: the run used another optimiser.
+    """
+    if state is None:
+        return 0
+    ours = type(optimizer).__name__.lower()
+    if state["optimizer_name"] != ours:
+        raise ValueError(
+            f"the run to resume used the {state['optimizer_name']} optimiser, not {ours}"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    if state["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    return int(state["iteration"])
+
+
+def _training_info(
+    settings: TrainSettings, mode: str, run: RunSettings, device, ranks: Ranks = SINGLE
+) -> dict:
+    """What ``model.info.training`` records: the settings and how the run actually ran
+    (with several ranks: their number, the effective batch and the learning rate)."""
+    info = {
         **settings.to_dict(), "gap": settings.gap, "mode": mode,
         "precision_used": run.precision, "channels_last_used": run.channels_last,
         "device_used": str(device),
     }  # fmt: skip
+    if ranks.distributed:
+        info.update(
+            world_size=ranks.world_size, backend=ddp.backend(),
+            effective_batch_size=settings.batch_size * ranks.world_size, effective_lr=settings.lr,
+        )  # fmt: skip
+    return info
 
 
 def draw_batch(
-    source: TileSource, settings: TrainSettings, config, run: RunSettings, generator
+    source: TileSource,
+    settings: TrainSettings,
+    config,
+    run: RunSettings,
+    generator,
+    ranks: Ranks = SINGLE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``settings.batch_size`` augmented tiles: x (B, C, T, T) in ``run``'s memory format,
     target and weight (B, O, O), T = ``settings.tile_size``, O = ``config.output_size(T)``."""
     input_size = settings.tile_size
     patch = settings.augment.patch_size(input_size)
-    tiles = source.sample(settings.batch_size, patch)
+    tiles = source.sample(settings.batch_size, patch, ranks)
     output_size = config.output_size(input_size)
     x, target, weight = augment(*tiles, input_size, output_size, settings.augment, generator)
     return x.contiguous(memory_format=run.memory_format), target, weight
@@ -425,10 +521,12 @@ def train_iter(
     mode: str = "instance",
     settings: TrainSettings | None = None,
     init_model: UNet | str | Path | None = None,
+    resume: str | Path | None = None,
     out_dir: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     refresh: Callable[[], tuple | None] | None = None,
     channel_axis: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> Iterator[StepRecord]:
     """Train a U-Net, yielding one :class:`StepRecord` per optimiser step; returns the
     best model.
@@ -437,14 +535,23 @@ def train_iter(
         images, labels, masks: training pairs (see :func:`napari_unet.data.prepare_planes`).
         mode: "instance" or "semantic" (scribbles).
         settings: a :class:`TrainSettings` (default ``PRESETS["fast"]``).
-        init_model: a UNet or model file to fine-tune/resume from (its width, depth,
+        init_model: a UNet or model file to fine-tune from (its width, depth,
             normalisation and classes are kept; the optimiser starts afresh).
-        out_dir: if given, ``best.safetensors`` (best validation score) and ``last.safetensors``
-            are written there; ``best`` on every improvement, both at the end.
-        should_stop: polled before every step; True ends training gracefully.
+        resume: a run's ``out_dir`` (or its ``last.safetensors``) to continue: its last
+            weights, optimiser state and step count (``settings.iterations`` counts
+            all steps); any number of ranks. Not together with ``init_model``.
+        out_dir: if given, ``best.safetensors`` (on every improvement), ``last.safetensors``
+            and ``last.train_state.pt`` (at every validation and at the end) are written
+            there (see :mod:`napari_unet.checkpoints`); by rank 0 only.
+        should_stop: polled before every step; True (on any rank) ends training
+            gracefully.
         refresh: called every ``settings.refresh_every_s``; may return new
             ``(images, labels, masks)`` (e.g. the user painted more). Only changed
-            planes get new weight maps.
+            planes get new weight maps. One process only.
+        ranks: this process's place in a DistributedDataParallel run whose process group
+            is started (:func:`napari_unet.ddp.start`); each rank trains on
+            ``settings.batch_size`` tiles per step (the effective batch is
+            ``batch_size * world_size``), only rank 0 validates and writes files.
 
     Yields:
         a :class:`StepRecord` per step (``val`` when validated, ``preview_model``
@@ -456,15 +563,22 @@ def train_iter(
         the best model by validation (the last one without validation data), on
         the training device, in eval mode. For instances, its ``info.postprocess``
         holds the threshold and growth that scored best by ``settings.select_by``
-        on the validation planes (:func:`tune_postprocess`).
+        on the validation planes (:func:`tune_postprocess`); rank 0 only.
+
+    Raises:
+        RankFailure: another rank failed; rank 0 has saved its files and the
+            exception's ``model`` is the best model so far.
     """
     settings = settings or PRESETS["fast"]
     should_stop = should_stop or (lambda: False)
+    if refresh is not None and ranks.distributed:
+        raise ValueError("refresh (new annotation while training) needs a single process")
     device = choose_device(None if settings.device == "auto" else settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    rng, generator = _seeded(settings.seed, device)
+    rng, generator = _seeded(settings.seed, device, ranks)
 
+    init_model, state = _resume_or_init(resume, init_model)
     init_model, n_classes, normalization = _resolve_init(init_model)
     load = functools.partial(
         split_planes, settings=settings, mode=mode, normalization=normalization,
@@ -472,15 +586,18 @@ def train_iter(
     )  # fmt: skip
     train_planes, val_planes, in_channels, n_classes = load(images, labels, masks)
     model = _initial_model(init_model, settings, in_channels, n_classes, mode, device)
-    run = run_settings(model, device, settings)
-    model.info.training = _training_info(settings, mode, run, device)
+    # rank 0 chooses (it may measure the machine); every rank runs the same way
+    run = ddp.broadcast(run_settings(model, device, settings) if ranks.is_main else None, ranks)
+    model.info.training = _training_info(settings, mode, run, device, ranks)
     model = model.to(memory_format=run.memory_format)
     model.train()
+    net = _data_parallel(model, ranks, device)
     source = TileSource(train_planes, device, rng)
     optimizer = make_optimizer(model, settings)
     weights = WeightAverage(model, settings.ema)
     scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
-    out_dir = Path(out_dir) if out_dir is not None else None
+    iteration = _restore(state, optimizer, scaler)
+    out_dir = Path(out_dir) if out_dir is not None and ranks.is_main else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -490,49 +607,66 @@ def train_iter(
     validation = ValidationClock(settings, start)
     preview = Every(settings.preview_every_s, start)
     refresh_clock = Every(settings.refresh_every_s, start)
-    iteration, loss, notice = 0, float("nan"), None
-    while budget.progress(iteration) < 1.0 and not should_stop():
-        if refresh is not None and refresh_clock.due(time.perf_counter()):
-            new = refresh()
-            if new is not None:
-                new_source, new_val, notice = _refreshed(new, load, device, rng)
-                if new_source is not None:
-                    source, val_planes = new_source, new_val
+    loss, notice = float("nan"), None
+    last = LastWriter(out_dir, optimizer, scaler, ranks.world_size)
 
-        lr = _learning_rate(settings, budget.progress(iteration))
-        set_learning_rate(optimizer, lr)
-        batch = draw_batch(source, settings, model.config, run, generator)
-        loss = optimizer_step(model, optimizer, scaler, run, batch)
-        weights.update(model)
-        iteration += 1
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training diverged at step {iteration} (loss {loss}); lower the lr"
-            )
+    try:
+        while True:
+            go_on, progress = _keep_going(budget, iteration, should_stop, ranks, device)
+            if not go_on:
+                break
+            if refresh is not None and refresh_clock.due(time.perf_counter()):
+                new = refresh()
+                if new is not None:
+                    new_source, new_val, notice = _refreshed(new, load, device, rng)
+                    if new_source is not None:
+                        source, val_planes = new_source, new_val
 
-        now = time.perf_counter()
-        record = StepRecord(iteration, loss, lr, now - start, budget.progress(iteration))
-        if val_planes and validation.due(now, iteration):
-            metrics = evaluate(Predictor(weights.model, device, run), val_planes)
-            best.add(weights.model, metrics, iteration, budget.elapsed())
-            spent, now = time.perf_counter() - now, time.perf_counter()
-            validation.took(spent, now)
-            record = dataclasses.replace(record, val=metrics)
-        if preview.due(now):
-            record = dataclasses.replace(record, preview_model=_snapshot(weights.model))
-        yield dataclasses.replace(record, best=best.best, notice=notice)
-        notice = None
+            lr = _learning_rate(settings, progress)
+            set_learning_rate(optimizer, lr)
+            batch = draw_batch(source, settings, model.config, run, generator, ranks)
+            loss = optimizer_step(net, optimizer, scaler, run, batch, ranks)
+            weights.update(model)
+            iteration += 1
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged at step {iteration} (loss {loss}); lower the lr"
+                )
+
+            now = time.perf_counter()
+            record = StepRecord(iteration, loss, lr, now - start, budget.progress(iteration))
+            if ranks.is_main and val_planes and validation.due(now, iteration):
+                metrics = evaluate(Predictor(weights.model, device, run), val_planes)
+                best.add(weights.model, metrics, iteration, budget.elapsed())
+                last.write(best.stamp(model, iteration, budget.elapsed()), iteration)
+                spent, now = time.perf_counter() - now, time.perf_counter()
+                validation.took(spent, now)
+                record = dataclasses.replace(record, val=metrics)
+            if ranks.is_main and preview.due(now):
+                record = dataclasses.replace(record, preview_model=_snapshot(weights.model))
+            yield dataclasses.replace(record, best=best.best, notice=notice)
+            notice = None
+    except RuntimeError as error:
+        if not ranks.distributed:
+            raise
+        last.write(best.stamp(model, iteration, budget.elapsed()), iteration)
+        model = _best_and_tuned(model, best, [], device, run)
+        if out_dir is not None and best.state is None:
+            _save(model, out_dir / BEST_NAME)
+        message = f"{ddp.failure_message(error)}; training ended after step {iteration}"
+        if out_dir is not None:
+            message += f", the best model so far and the last state are in {out_dir}"
+        raise RankFailure(message, _snapshot(model) if ranks.is_main else None) from error
 
     if weights.model is not model:  # the averaged weights are the result
         model.load_state_dict(weights.model.state_dict())
-    if val_planes and iteration > 0:
+    val_planes = val_planes if ranks.is_main and iteration > 0 else []
+    if val_planes:
         final = evaluate(Predictor(model, device, run), val_planes)
         best.add(model, final, iteration, budget.elapsed())
         yield StepRecord(iteration, loss, 0.0, budget.elapsed(), 1.0, val=final, best=best.score)
-    best.stamp(model, iteration, budget.elapsed())
-    if out_dir is not None:
-        _save(model, out_dir / LAST_NAME)
-    model = _best_and_tuned(model, best, val_planes if iteration else [], device, run)
+    last.write(best.stamp(model, iteration, budget.elapsed()), iteration)
+    model = _best_and_tuned(model, best, val_planes, device, run)
     if out_dir is not None and (best.state is None or model.info.postprocess):
         _save(model, out_dir / BEST_NAME)
     return _snapshot(model)
