@@ -33,6 +33,7 @@ from ._workers import ProgressBar as NapariProgress
 from ._workers import start_job
 from .jobs import segment_job
 from .model_store import model_store
+from .tta_options import TTAOptions, show_uncertainty
 
 
 class SegmentWidget(Container):
@@ -45,6 +46,7 @@ class SegmentWidget(Container):
         load_button: replace the current model with one from a file.
         builtin_button: replace it with the built-in nuclei model.
         show_probabilities: also add the class probabilities as image layers.
+        tta: test-time augmentation and the "<image> uncertainty" layer.
         segment_button, cancel_button: start / cancel (between two tiles).
         progress: tiles done.
         status: what happened last.
@@ -64,6 +66,7 @@ class SegmentWidget(Container):
         self.builtin_button = PushButton(text="Use built-in nuclei model")
         self.builtin_button.tooltip = "U-Net trained on DSB 2018 fluorescence nuclei (CC0)"
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
+        self.tta = TTAOptions()
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = row(self.segment_button, self.cancel_button)
@@ -76,6 +79,7 @@ class SegmentWidget(Container):
                 column(self.run_info),
                 row(self.load_button, self.builtin_button),
                 self.show_probabilities,
+                self.tta,
                 buttons,
                 column(self.progress, self.status),
             ]
@@ -154,6 +158,8 @@ class SegmentWidget(Container):
             source.data,
             channel_axis=source.channel_axis,
             probabilities=self.show_probabilities.value,
+            tta=self.tta.mode.value,
+            uncertainty=self.tta.wants_uncertainty,
             on_yield=self._progress,
             on_return=partial(self._show, layer, source, model),
             on_finish=self._finished,
@@ -211,9 +217,9 @@ class SegmentWidget(Container):
         layer: Image,
         source: ImageInput,
         model: Any,
-        result: tuple[np.ndarray, np.ndarray | None],
+        result: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
     ) -> None:
-        labels, probabilities = result
+        labels, probabilities, uncertainty = result
         if layer not in self.viewer.layers:
             self.status.value = f"'{layer.name}' was removed: result dropped"
             return
@@ -243,6 +249,9 @@ class SegmentWidget(Container):
                     blending="additive",
                     visible=k == 1,
                 )
+            self.viewer.layers.move(self.viewer.layers.index(out), len(self.viewer.layers))
+        if uncertainty is not None:
+            show_uncertainty(self.viewer, uncertainty, layer, source)
             self.viewer.layers.move(self.viewer.layers.index(out), len(self.viewer.layers))
         if model.info.task == "instance":
             count, what = int(labels.max()), "objects"  # ids are 1..N
