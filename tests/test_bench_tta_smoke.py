@@ -1,5 +1,5 @@
-"""``benchmarks/bench_tta.py`` runs end to end on tiny synthetic data (both cases), as a
-user runs it, and reports every mode with consistent fields (not the figures)."""
+"""``benchmarks/bench_tta.py`` (both cases) and ``bench_active.py`` run end to end on
+tiny synthetic data, as a user runs them, and report consistent fields (not figures)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,22 @@ def test_bench_tta_isbi_smoke(tmp_path, tiny_data):
     result = json.loads(out.read_text())
     assert result["iterations"] == 3 and result["train_seconds"] > 0
     check_rows(result, {"rand_error", "pixel_error"})
+
+
+def test_bench_active_smoke(tmp_path, tiny_data):
+    out = tmp_path / "active.json"
+    done = run_script(
+        "bench_active.py", "--data", str(tiny_data), "--train", "3", "--eval", "2",
+        "--size", "24", "--count", "2", "--rounds", "1", "--iterations", "3",
+        "--finetune", "2", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["round"], r["strategy"]) for r in rows] == [
+        (0, "suggested"), (0, "random"), (1, "suggested"), (1, "random"),
+    ]  # fmt: skip
+    start, suggested, random = rows[0], rows[2], rows[3]
+    assert start["annotated_px"] == 3 * 24 * 24  # one window per slice
+    assert suggested["annotated_px"] == random["annotated_px"] == start["annotated_px"] + 2 * 576
+    assert all(0 <= r["rand_error"] <= 1 for r in rows)
+    assert "| 1 |" in done.stdout
