@@ -14,6 +14,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error
 
 from ._layers import OWNER_KEY, BadChoice, ImageInput, find_output, image_input
+from ._layout import fixed_lines
 from ._workers import start_job
 from .jobs import SUGGEST_TTA, suggest_job
 from .tta_options import show_uncertainty
@@ -45,8 +46,7 @@ class SuggestPanel(Container):
             "prediction) and mark the regions where its copies disagree most, outside "
             "the painted labels and the region layer"
         )
-        self.status = Label()
-        self.status.native.setWordWrap(True)
+        self.status = fixed_lines(Label(), 3)
         super().__init__(
             widgets=[
                 Container(widgets=[self.size, self.count], layout="horizontal", labels=True),
@@ -111,10 +111,10 @@ class SuggestPanel(Container):
         if not regions:
             self.status.value = "no free region left: everything is annotated"
             return
-        scores = ", ".join(f"{r.score:.3f}" for r in regions)
+        scores = [region.score for region in regions]
         self.status.value = (
-            f"{len(regions)} region(s) to annotate next (mean uncertainty {scores}): paint "
-            "every object inside them and add them to the region layer"
+            f"{len(regions)} region(s) to annotate next (mean uncertainty "
+            f"{max(scores):.3f} to {min(scores):.3f}); add them to the region layer"
         )
 
 

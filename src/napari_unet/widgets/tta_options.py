@@ -50,7 +50,8 @@ def show_uncertainty(
     viewer: Any, uncertainty: np.ndarray, source: Image, placement: ImageInput
 ) -> Any:
     """Show ``uncertainty`` (float32, the image's spatial shape) as "<image> uncertainty"
-    (magma, 0 to its maximum), replacing the plugin's previous one for ``source``."""
+    (magma, 0 to its maximum, added onto the layers below), replacing the plugin's
+    previous one for ``source``."""
     top = float(uncertainty.max()) if uncertainty.size else 0.0
     return show_output(
         viewer,
@@ -61,5 +62,6 @@ def show_uncertainty(
         name=f"{source.name} uncertainty",
         placement=placement,
         colormap="magma",
+        blending="additive",
         contrast_limits=(0.0, top if top > 0 else 0.5),
     )
