@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import cpu_model
+from bench_training import load_split
 from napari_unet import metrics
 from napari_unet.inference import predict, segment
 from napari_unet.progress import drain
@@ -46,49 +47,61 @@ SHARED = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
 STRATEGIES = ("suggested", "random")
 
 
-def load_pairs(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_pairs(folder: Path, split: str):
+    """(pool, held_out) pairs: ``ordered`` takes the first ``--train`` files as the pool
+    and the last ``--eval`` as held out (ISBI slices); ``every5`` holds out every 5th
+    file in name order as bench_training.py does (DSB)."""
+    if split == "every5":
+        return load_split(folder)
     names = sorted(p.name for p in (folder / "images").glob("*.tif"))
-    return [
+    pairs = [
         (tifffile.imread(folder / "images" / n), tifffile.imread(folder / "labels" / n))
         for n in names
     ]
+    return pairs, pairs
 
 
-def first_windows(labels: np.ndarray, size: int, rng) -> np.ndarray:
-    """Round 0's annotation: on each slice of a (Z, Y, X) stack one ``size`` px window
-    around a random object pixel (training needs an object in every annotated region)."""
-    mask = np.zeros(labels.shape, bool)
-    for z, plane in enumerate(labels):
+def first_windows(labels: list[np.ndarray], size: int, rng) -> list[np.ndarray]:
+    """Round 0's annotation: on each (Y, X) plane one ``size`` px window around a random
+    object pixel (training needs an object in every annotated region)."""
+    masks = []
+    for plane in labels:
+        edge = min(size, *plane.shape)
         rows, cols = np.nonzero(plane)
         pick = rng.integers(len(rows))
-        top = int(np.clip(rows[pick] - size // 2, 0, plane.shape[0] - size))
-        left = int(np.clip(cols[pick] - size // 2, 0, plane.shape[1] - size))
-        mask[z, top : top + size, left : left + size] = True
-    return mask
+        top = int(np.clip(rows[pick] - edge // 2, 0, plane.shape[0] - edge))
+        left = int(np.clip(cols[pick] - edge // 2, 0, plane.shape[1] - edge))
+        mask = np.zeros(plane.shape, bool)
+        mask[top : top + edge, left : left + edge] = True
+        masks.append(mask)
+    return masks
 
 
-def new_windows(strategy: str, model, images, annotated, args, rng) -> np.ndarray:
-    """The mask of the ``args.count`` windows ``strategy`` adds (Z, Y, X)."""
-    if strategy == "suggested":
-        score = np.stack([predict(model, image, tta="d4", with_uncertainty=True)[1]
-                          for image in images])  # fmt: skip
-    else:
-        score = rng.random(annotated.shape)
-    added = np.zeros(annotated.shape, bool)
-    for region in suggest_regions(score, size=args.size, count=args.count, annotated=annotated):
-        added[region.slices()] = True
+def new_windows(strategy: str, model, images, masks, args, rng) -> list[np.ndarray]:
+    """The masks of the ``args.count`` windows ``strategy`` adds, over all planes: the
+    best windows of each plane merged by score (the same as one stack, any sizes)."""
+    candidates = []
+    for index, (image, annotated) in enumerate(zip(images, masks)):
+        if strategy == "suggested":
+            score = predict(model, image, tta="d4", with_uncertainty=True)[1]
+        else:
+            score = rng.random(annotated.shape)
+        regions = suggest_regions(score, size=args.size, count=args.count, annotated=annotated)
+        candidates += [(region.score, index, region) for region in regions]
+    added = [np.zeros(mask.shape, bool) for mask in masks]
+    for _, index, region in sorted(candidates, key=lambda c: -c[0])[: args.count]:
+        added[index][region.slices()] = True
     return added
 
 
-def train(images, labels, mask, iterations: int, init_model, args, seed: int):
+def train(images, labels, masks, iterations: int, init_model, args, seed: int):
     """A model trained (or fine-tuned from ``init_model``) on the annotated windows only."""
-    settings = PRESETS["dense"].replace(
+    settings = PRESETS[args.preset].replace(
         iterations=iterations, minutes=None, val_fraction=0.0, preview_every_s=1e9,
         threads=args.threads, seed=seed, device="cpu",
     )  # fmt: skip
-    masks = list(mask)
     shown = [np.where(m, lab, 0) for m, lab in zip(masks, labels)]  # only revealed labels
-    return drain(train_iter(list(images), shown, masks=masks, mode="instance",
+    return drain(train_iter(list(images), shown, masks=list(masks), mode="instance",
                             settings=settings, init_model=init_model))  # fmt: skip
 
 
@@ -98,29 +111,33 @@ def score(model, held_out) -> dict[str, float]:
     return {
         "rand_error": round(float(np.mean(list(map(metrics.rand_error, truths, preds)))), 4),
         "pixel_error": round(float(np.mean(list(map(metrics.pixel_error, truths, preds)))), 4),
+        "ap50": round(metrics.average_precision(truths, preds, iou=0.5), 4),
     }
 
 
-def run_seed(pairs, args, seed: int) -> list[dict]:
+def run_seed(pool, held_out, args, seed: int) -> list[dict]:
     """Rows (seed, round, strategy, annotated px, scores) of one simulated annotator."""
     rng = np.random.default_rng(seed)
-    train_pairs, held_out = pairs[: args.train], pairs[-args.eval :]
-    images = np.stack([image for image, _ in train_pairs])
-    labels = np.stack([gt for _, gt in train_pairs])
-    mask = first_windows(labels, args.size, rng)
-    model = train(images, labels, mask, args.iterations, None, args, seed)
-    start = {"seed": seed, "round": 0, "annotated_px": int(mask.sum()), **score(model, held_out)}
+    images = [image for image, _ in pool[: args.train]]
+    labels = [gt for _, gt in pool[: args.train]]
+    held_out = held_out[-args.eval :]
+    masks = first_windows(labels, args.size, rng)
+    model = train(images, labels, masks, args.iterations, None, args, seed)
+    annotated = int(sum(m.sum() for m in masks))
+    start = {"seed": seed, "round": 0, "annotated_px": annotated, **score(model, held_out)}
     rows = [{**start, "strategy": s} for s in STRATEGIES]
     print(f"seed {seed} round 0: {start}", flush=True)
-    state = dict.fromkeys(STRATEGIES, (model, mask))
+    state = dict.fromkeys(STRATEGIES, (model, masks))
     for round_ in range(1, args.rounds + 1):
         for strategy in STRATEGIES:
-            model, mask = state[strategy]
-            mask = mask | new_windows(strategy, model, images, mask, args, rng)
-            model = train(images, labels, mask, args.finetune, model, args, seed + round_)
-            state[strategy] = (model, mask)
+            model, masks = state[strategy]
+            added = new_windows(strategy, model, images, masks, args, rng)
+            masks = [m | a for m, a in zip(masks, added)]
+            model = train(images, labels, masks, args.finetune, model, args, seed + round_)
+            state[strategy] = (model, masks)
+            annotated = int(sum(m.sum() for m in masks))
             row = {"seed": seed, "round": round_, "strategy": strategy,
-                   "annotated_px": int(mask.sum()), **score(model, held_out)}  # fmt: skip
+                   "annotated_px": annotated, **score(model, held_out)}  # fmt: skip
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -128,9 +145,10 @@ def run_seed(pairs, args, seed: int) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     """Mean over seeds per round and strategy."""
-    print("| round | annotated px | suggested: Rand error | random: Rand error | "
-          "suggested: pixel error | random: pixel error |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    keys = ("rand_error", "pixel_error", "ap50")
+    names = " | ".join(f"{s}: {k}" for k in keys for s in STRATEGIES)
+    print(f"| round | annotated px | {names} |")
+    print("|---" * (2 + 2 * len(keys)) + "|")
     for round_ in sorted({r["round"] for r in rows}):
 
         def mean(strategy, key, round_=round_):
@@ -138,7 +156,7 @@ def print_table(rows: list[dict]) -> None:
             return float(np.mean(values))
 
         cells = [mean("suggested", "annotated_px")] + [
-            mean(strategy, key) for key in ("rand_error", "pixel_error") for strategy in STRATEGIES
+            mean(strategy, key) for key in keys for strategy in STRATEGIES
         ]
         print(f"| {round_} | {cells[0]:.0f} | " + " | ".join(f"{c:.4f}" for c in cells[1:]) + " |")
 
@@ -146,8 +164,12 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help="images/ + labels/ folders")
-    parser.add_argument("--train", type=int, default=4, help="slices that may be annotated")
-    parser.add_argument("--eval", type=int, default=8, help="last slices scored")
+    parser.add_argument("--split", choices=("ordered", "every5"), default="ordered",
+                        help="ordered: first --train files annotated, last --eval scored "
+                        "(ISBI slices); every5: every 5th file held out (DSB)")  # fmt: skip
+    parser.add_argument("--preset", default="dense", help="training preset (fast for DSB)")
+    parser.add_argument("--train", type=int, default=4, help="images that may be annotated")
+    parser.add_argument("--eval", type=int, default=8, help="held-out images scored (the last)")
     parser.add_argument("--size", type=int, default=96, help="window edge, px")
     parser.add_argument("--count", type=int, default=4, help="windows added per round")
     parser.add_argument("--rounds", type=int, default=2)
@@ -160,9 +182,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     machine = f"{cpu_model()}, torch {torch.__version__}, {args.threads} thread(s)"
     print(f"machine: {machine} (shared with other work)", flush=True)
-    pairs = load_pairs(args.data)
+    pool, held_out = load_pairs(args.data, args.split)
     start = time.perf_counter()
-    rows = [row for seed in args.seeds for row in run_seed(pairs, args, seed)]
+    rows = [row for seed in args.seeds for row in run_seed(pool, held_out, args, seed)]
     seconds = round(time.perf_counter() - start, 1)
     print_table(rows)
     print(f"{seconds} s in all")

@@ -81,5 +81,5 @@ def test_bench_active_smoke(tmp_path, tiny_data):
     start, suggested, random = rows[0], rows[2], rows[3]
     assert start["annotated_px"] == 3 * 24 * 24  # one window per slice
     assert suggested["annotated_px"] == random["annotated_px"] == start["annotated_px"] + 2 * 576
-    assert all(0 <= r["rand_error"] <= 1 for r in rows)
+    assert all(0 <= r["rand_error"] <= 1 and 0 <= r["ap50"] <= 1 for r in rows)
     assert "| 1 |" in done.stdout
