@@ -1,10 +1,12 @@
 """Where to annotate next: suggested regions against random regions of the same area.
 
 A simulated annotator on ISBI 2012 (or any images/ + labels/ folder of instance labels).
-Round 0: one ``--size`` px square per training slice, around a random object pixel, is
+Round 0: one ``--size`` px square per training image, around a random object pixel, is
 annotated (its ground-truth labels are revealed, everything else is masked out of the
-loss) and a model is trained for ``--iterations`` steps. Each later round adds ``--count`` windows
-of the same size to the annotation, either
+loss) and a model is trained for ``--iterations`` steps. Each later round adds windows of
+the same size to the annotation (``--per-image``: ``--count`` on every training image,
+as the Train widget suggests them one image at a time; otherwise ``--count`` over all
+images, the best merged by score), either
 
 - ``suggested``: the product's suggestion (:func:`napari_unet.suggest.suggest_regions`
   on the d4 test-time-augmentation uncertainty of the current model, outside the
@@ -13,11 +15,14 @@ of the same size to the annotation, either
   windows outside the annotated area (the baseline),
 
 and fine-tunes that strategy's previous model for ``--finetune`` steps. After every
-round the model segments the last ``--eval`` slices (never annotated) and the mean
-foreground-restricted Rand error (``metrics.rand_error``) and pixel error are recorded.
+round the model segments the last ``--eval`` held-out images (never annotated) and the
+mean foreground-restricted Rand error (``metrics.rand_error``), the pixel error and
+AP@0.5 are recorded.
 Budgets are iterations, not minutes, so machine load changes only the time.
 
-    PYTHONPATH=src python benchmarks/bench_active.py --seeds 0 1 --json active_isbi.json
+    PYTHONPATH=src python benchmarks/bench_active.py --count 1 --per-image --json isbi.json
+    PYTHONPATH=src python benchmarks/bench_active.py --data ../shared/data/dsb2018/train \
+        --split every5 --preset fast --train 8 --eval 20 --size 64 --count 1 --per-image
 """
 
 from __future__ import annotations
@@ -78,8 +83,10 @@ def first_windows(labels: list[np.ndarray], size: int, rng) -> list[np.ndarray]:
 
 
 def new_windows(strategy: str, model, images, masks, args, rng) -> list[np.ndarray]:
-    """The masks of the ``args.count`` windows ``strategy`` adds, over all planes: the
-    best windows of each plane merged by score (the same as one stack, any sizes)."""
+    """The masks of the windows ``strategy`` adds: ``args.count`` on every plane with
+    ``--per-image`` (as the Train widget suggests, one image at a time), else
+    ``args.count`` over all planes, each plane's best windows merged by score (the same
+    as one stack, any sizes)."""
     candidates = []
     for index, (image, annotated) in enumerate(zip(images, masks)):
         if strategy == "suggested":
@@ -88,8 +95,10 @@ def new_windows(strategy: str, model, images, masks, args, rng) -> list[np.ndarr
             score = rng.random(annotated.shape)
         regions = suggest_regions(score, size=args.size, count=args.count, annotated=annotated)
         candidates += [(region.score, index, region) for region in regions]
+    if not args.per_image:
+        candidates = sorted(candidates, key=lambda c: -c[0])[: args.count]
     added = [np.zeros(mask.shape, bool) for mask in masks]
-    for _, index, region in sorted(candidates, key=lambda c: -c[0])[: args.count]:
+    for _, index, region in candidates:
         added[index][region.slices()] = True
     return added
 
@@ -172,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval", type=int, default=8, help="held-out images scored (the last)")
     parser.add_argument("--size", type=int, default=96, help="window edge, px")
     parser.add_argument("--count", type=int, default=4, help="windows added per round")
+    parser.add_argument("--per-image", action="store_true",
+                        help="--count windows on every image, not over all of them")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=400, help="round 0 training steps")
     parser.add_argument("--finetune", type=int, default=250, help="steps in each later round")
