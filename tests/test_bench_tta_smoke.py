@@ -70,7 +70,7 @@ def test_bench_active_smoke(tmp_path, tiny_data):
     out = tmp_path / "active.json"
     done = run_script(
         "bench_active.py", "--data", str(tiny_data), "--train", "3", "--eval", "2",
-        "--size", "24", "--count", "2", "--rounds", "1", "--iterations", "3",
+        "--size", "24", "--count", "1", "--per-image", "--rounds", "1", "--iterations", "3",
         "--finetune", "2", "--json", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -80,6 +80,7 @@ def test_bench_active_smoke(tmp_path, tiny_data):
     ]  # fmt: skip
     start, suggested, random = rows[0], rows[2], rows[3]
     assert start["annotated_px"] == 3 * 24 * 24  # one window per slice
-    assert suggested["annotated_px"] == random["annotated_px"] == start["annotated_px"] + 2 * 576
+    added = 3 * 576  # one more window on each of the 3 images
+    assert suggested["annotated_px"] == random["annotated_px"] == start["annotated_px"] + added
     assert all(0 <= r["rand_error"] <= 1 and 0 <= r["ap50"] <= 1 for r in rows)
     assert "| 1 |" in done.stdout
