@@ -271,8 +271,8 @@ class Predictor:
         join = join_slices and self.model.info.task == "instance" and len(spatial) == 3
         labelling = _Labelling(self, planes, spatial, tile, post, out, probs, uncertainty)
         yield from labelling.run(join)
-        extras = [x for x, wanted in ((probs, with_probabilities),
-                                      (uncertainty, with_uncertainty)) if wanted]  # fmt: skip
+        asked = ((probs, with_probabilities), (uncertainty, with_uncertainty))
+        extras = [array for array, wanted in asked if wanted]
         return (out, *extras) if extras else out
 
     # -- the engine --------------------------------------------------------------------
