@@ -147,3 +147,23 @@ def test_threshold_option_and_its_range(tmp_path, model_file, capsys):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), expected)
     assert main([*args, "--out", str(tmp_path / "bad"), "--threshold", "1.5"]) == 2
     assert "--threshold must lie between 0 and 1" in capsys.readouterr().err
+
+
+def test_tta_flag_writes_tta_labels_and_the_uncertainty(tmp_path, model_file, capsys):
+    path, model = model_file
+    tifffile.imwrite(tmp_path / "a.tif", image(3, (45, 38)))
+    exact = ["--device", "cpu", "--precision", "fp32"]
+    args = ["predict", "--model", str(path), "--images", str(tmp_path / "a.tif"), *exact]
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out), "--tta", "d4", "--uncertainty"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "a_uncertainty.tif"]
+    labels, uncertainty = segment(
+        model, image(3, (45, 38)), tta="d4", with_uncertainty=True, device="cpu", precision="fp32"
+    )
+    assert np.array_equal(tifffile.imread(out / "a.tif"), labels)
+    np.testing.assert_allclose(tifffile.imread(out / "a_uncertainty.tif"), uncertainty, atol=1e-6)
+    assert main([*args, "--out", str(tmp_path / "no"), "--uncertainty"]) == 2
+    assert "--uncertainty needs test-time augmentation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "bad"), "--tta", "rot"])
+    assert "invalid choice: 'rot'" in capsys.readouterr().err

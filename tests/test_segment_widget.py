@@ -54,3 +54,34 @@ def test_segment_widget_shows_the_settings_measured_for_this_machine(make_napari
     widget.segment()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert "Mpx/s" in widget.run_info.value and "tiles ≤" in widget.run_info.value
+
+
+def test_tta_choice_adds_the_uncertainty_layer_and_rerun_replaces_it(make_napari_viewer, qtbot):
+    image = make_sample((96, 110), n_objects=8, seed=3)[0]
+    model = model_with_stored_postprocessing()
+    labels, uncertainty = segment(model, image, tta="d4", with_uncertainty=True)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    mine = viewer.add_image(np.ones_like(image, dtype=np.float32), name="my notes")
+    model_store(viewer).set(model, "test")
+    widget = SegmentWidget(viewer)
+    assert not widget.tta.show_uncertainty.enabled  # no uncertainty without TTA
+    widget.tta.mode.value = "d4"
+    assert (
+        widget.tta.show_uncertainty.enabled and "8x slower" in widget.tta.mode.native.currentText()
+    )
+    for _ in range(2):
+        widget.segment()
+        qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("cells uncertainty") == 1, names
+    shown = viewer.layers["cells uncertainty"]
+    np.testing.assert_allclose(shown.data, uncertainty, atol=1e-6)
+    assert shown.colormap.name == "magma"
+    np.testing.assert_array_equal(viewer.layers["cells segmentation"].data, labels)
+    assert names[-1] == "cells segmentation"  # the labels stay on top
+    np.testing.assert_array_equal(mine.data, 1)
+    widget.tta.mode.value = "none"
+    widget.segment()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    np.testing.assert_array_equal(viewer.layers["cells segmentation"].data, segment(model, image))

@@ -39,10 +39,10 @@ def test_weight_map_job_treats_a_stack_slice_by_slice():
 def test_segment_job_with_probabilities_matches_segment():
     image = np.stack([make_sample((80, 90), n_objects=6, seed=s)[0] for s in (1, 2)])
     model = tiny_model()
-    labels, probabilities = drain(segment_job(model, image, probabilities=True))
+    labels, probabilities, _ = drain(segment_job(model, image, probabilities=True))
     np.testing.assert_array_equal(labels, segment(model, image))
     np.testing.assert_allclose(probabilities, predict(model, image), atol=1e-6)
-    alone, none = drain(segment_job(model, image))
+    alone, none, _ = drain(segment_job(model, image))
     assert none is None
     np.testing.assert_array_equal(alone, labels)
 
@@ -75,8 +75,36 @@ def test_segment_job_uses_the_models_stored_postprocessing_with_and_without_prob
     model.info.postprocess = {"threshold": threshold, "expand": 3}
     expected = segment(model, image)
     assert not np.array_equal(expected, segment(model, image, threshold=0.5, expand=1))
-    with_probabilities, probabilities = drain(segment_job(model, image, probabilities=True))
-    alone, _ = drain(segment_job(model, image))
+    with_probabilities, probabilities, _ = drain(segment_job(model, image, probabilities=True))
+    alone, _, _ = drain(segment_job(model, image))
     np.testing.assert_array_equal(with_probabilities, expected)
     np.testing.assert_array_equal(alone, expected)
     assert probabilities.shape == (2, *image.shape)
+
+
+def test_segment_job_with_tta_returns_the_uncertainty_of_segment():
+    image = make_sample((70, 90), n_objects=6, seed=4)[0]
+    model = tiny_model()
+    labels, probabilities, uncertainty = drain(
+        segment_job(model, image, tta="d4", uncertainty=True)
+    )
+    expected_labels, expected_uncertainty = segment(model, image, tta="d4", with_uncertainty=True)
+    assert probabilities is None
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_allclose(uncertainty, expected_uncertainty, atol=1e-6)
+
+
+def test_suggest_job_ranks_windows_by_the_tta_uncertainty_outside_the_annotation():
+    from napari_unet.suggest import suggest_regions
+    from napari_unet.widgets.jobs import SUGGEST_TTA, suggest_job
+
+    image = make_sample((96, 96), n_objects=8, seed=5)[0]
+    annotated = np.zeros(image.shape, bool)
+    annotated[:40, :40] = True
+    regions, uncertainty = drain(
+        suggest_job(tiny_model(), image, annotated=annotated, size=24, count=2)
+    )
+    _, expected = predict(tiny_model(), image, tta=SUGGEST_TTA, with_uncertainty=True)
+    np.testing.assert_allclose(uncertainty, expected, atol=1e-6)
+    assert regions == suggest_regions(expected, size=24, count=2, annotated=annotated)
+    assert len(regions) == 2 and not any(annotated[r.slices()].any() for r in regions)

@@ -8,7 +8,9 @@ tile and ``out=`` writes the result tile by tile (probabilities, semantic class 
 block by block (instance labels), so memory is bounded by the tile and block sizes, not
 the image. Settings left at None (precision, memory format, tile, batch) are those
 measured for this machine (:mod:`napari_unet.hardware`; the first call per network size
-measures them, a few seconds, and caches the choice). :func:`as_planes` is the one
+measures them, a few seconds, and caches the choice). ``tta`` ("none", "flips",
+"d4") averages the predictions of flipped/rotated copies (:mod:`napari_unet.tta`) and
+``with_uncertainty`` also returns their disagreement. :func:`as_planes` is the one
 channel-axis rule.
 """
 
@@ -99,7 +101,7 @@ def as_planes(image, in_channels: int, channel_axis: int | None = None):
 
 
 # -- the public functions ------------------------------------------------------------------
-SETTINGS = ("tile_size", "batch_size", "device", "precision", "channels_last")
+SETTINGS = ("tile_size", "batch_size", "device", "precision", "channels_last", "tta")
 
 
 def predict_iter(
@@ -108,6 +110,7 @@ def predict_iter(
     *,
     channel_axis: int | None = None,
     out=None,
+    with_uncertainty: bool = False,
     on_notice: Callable[[str], None] | None = None,
     **settings,
 ) -> Progress:
@@ -119,24 +122,33 @@ def predict_iter(
             model takes several; numpy, dask or zarr; any real dtype.
         channel_axis: axis of ``image`` holding channels (None: last axis for RGB).
         out: optional array (e.g. zarr) of shape (n_classes, *spatial) written tile by tile.
+        with_uncertainty: also return the disagreement of the TTA copies, float32
+            (*spatial), 0..0.5 (:func:`napari_unet.tta.combine`); needs ``tta``.
         on_notice: called with a message when settings change (OOM); default warns.
         settings: override what was measured for this machine: ``tile_size`` (input tile
             edge in px, a valid input size), ``batch_size`` (tiles per pass),
             ``device`` ("cpu", "cuda[:N]", "mps"; None: CUDA, then MPS, then CPU),
-            ``precision`` ("fp32" exact, "bf16", "fp16"), ``channels_last`` (NHWC).
+            ``precision`` ("fp32" exact, "bf16", "fp16"), ``channels_last`` (NHWC),
+            ``tta`` (test-time augmentation: "none", "flips" 4x or "d4" 8x the time).
 
     Yields:
         (done, total): the measurement on first use, then the tiles.
 
     Returns:
-        float32 probabilities (n_classes, *spatial); ``out`` itself when given.
+        float32 probabilities (n_classes, *spatial); ``out`` itself when given;
+        ``(probabilities, uncertainty)`` with ``with_uncertainty``.
     """
     predictor = yield from _prepare(model, settings, on_notice)
-    return (yield from predictor.probabilities_iter(image, channel_axis=channel_axis, out=out))
+    return (
+        yield from predictor.probabilities_iter(
+            image, channel_axis=channel_axis, out=out, with_uncertainty=with_uncertainty
+        )
+    )
 
 
 def predict(model, image, **kwargs) -> np.ndarray:
-    """:func:`predict_iter` without progress: float32 probabilities (n_classes, *spatial)."""
+    """:func:`predict_iter` without progress: float32 probabilities (n_classes, *spatial)
+    (and the uncertainty with ``with_uncertainty``)."""
     return drain(predict_iter(model, image, **kwargs))
 
 
@@ -150,6 +162,7 @@ def segment_iter(
     join_slices: bool = False,
     channel_axis: int | None = None,
     out=None,
+    with_uncertainty: bool = False,
     on_notice: Callable[[str], None] | None = None,
     **settings,
 ) -> Progress:
@@ -167,26 +180,35 @@ def segment_iter(
     arrays (about 9 bytes per pixel); with ``out`` (an integer array of the spatial
     shape, e.g. zarr) they are temporary zarr stores and memory is bounded by the tile
     and block sizes. The labels are the same either way.
-    ``settings``: as in :func:`predict_iter`.
+    ``settings``: as in :func:`predict_iter` (``tta="d4"``: 8 flipped/rotated copies
+    averaged). ``with_uncertainty``: also return the copies' disagreement (float32,
+    spatial shape, in memory).
 
     Yields:
         (done, total): the measurement on first use, the tiles, and for instance
         models the labelling's blocks.
 
     Returns:
-        int32 labels of the image's spatial shape (``out`` itself when given).
+        int32 labels of the image's spatial shape (``out`` itself when given), or
+        ``(labels, uncertainty)`` with ``with_uncertainty``.
     """
     post = Postprocess.of_model(model.info, threshold=threshold, expand=expand, min_size=min_size)
     predictor = yield from _prepare(model, settings, on_notice)
     return (
         yield from predictor.labels_iter(
-            image, channel_axis=channel_axis, post=post, join_slices=join_slices, out=out
+            image,
+            channel_axis=channel_axis,
+            post=post,
+            join_slices=join_slices,
+            out=out,
+            with_uncertainty=with_uncertainty,
         )
     )
 
 
 def segment(model, image, **kwargs) -> np.ndarray:
-    """:func:`segment_iter` without progress: integer labels of the image's spatial shape."""
+    """:func:`segment_iter` without progress: integer labels of the image's spatial shape
+    (and the uncertainty with ``with_uncertainty``)."""
     return drain(segment_iter(model, image, **kwargs))
 
 

@@ -13,6 +13,10 @@ plane is normalised with the model's stored percentiles (computed once per plane
 unless it is already normalised. Lazy images (dask, zarr) are read tile by tile and
 results can be written tile by tile (probabilities, semantic ids) or block by block
 (instance labels, :mod:`napari_unet.chunked_labels`) into ``out``.
+
+Test-time augmentation (``tta``, :mod:`napari_unet.tta`) runs every tile once per
+flip/rotation, maps each output back and averages the probabilities; the copies'
+disagreement is the optional uncertainty map (``with_uncertainty``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from . import chunked_labels, hardware
+from . import tta as _tta
 from .devices import choose_device, empty_cache
 from .hardware import RunSettings
 from .normalization import normalize, percentile_range
@@ -57,6 +62,8 @@ class Predictor:
             ``settings.max_tile`` for each image).
         choice: the hardware measurement the settings came from (None when all given).
         on_notice: called with a message when settings change (out of memory).
+        tta: test-time augmentation mode (:data:`napari_unet.tta.MODES`), ``"none"``
+            by default; ``transforms`` are its flips/rotations.
     """
 
     def __init__(
@@ -68,9 +75,11 @@ class Predictor:
         tile_size: int | None = None,
         choice: hardware.Choice | None = None,
         on_notice: Callable[[str], None] | None = None,
+        tta: str = "none",
     ) -> None:
         self.model, self.device, self.settings = model, device, settings
         self.tile_size, self.choice = tile_size, choice
+        self.tta, self.transforms = tta, _tta.transforms(tta)
         self.on_notice = on_notice or _warn
         self.net = copy.deepcopy(model).eval().to(device, memory_format=settings.memory_format)
         if device.type == "cuda":
@@ -89,14 +98,18 @@ class Predictor:
         batch_size: int | None = None,
         remeasure: bool = False,
         on_notice: Callable[[str], None] | None = None,
+        tta: str = "none",
     ) -> Generator[tuple[int, int], None, Predictor]:
         """A Predictor for ``model``; settings left at None come from
         :func:`napari_unet.hardware.choose_iter` (cached; measured once per machine
         and network size, yielding its progress).
 
+        ``tta``: test-time augmentation mode, ``"none"``, ``"flips"`` or ``"d4"``.
+
         Raises:
-            ValueError: unknown device, precision, batch size or an invalid tile size.
+            ValueError: unknown device, precision, tta, batch size or an invalid tile size.
         """
+        _tta.check_mode(tta)
         run_device = choose_device(device)
         given = {
             "precision": precision,
@@ -121,6 +134,7 @@ class Predictor:
             tile_size=None if tile_size is None else int(tile_size),
             choice=choice,
             on_notice=on_notice,
+            tta=tta,
         )
 
     @classmethod
@@ -145,6 +159,7 @@ class Predictor:
         channel_axis: int | None = None,
         out=None,
         normalized: bool = False,
+        with_uncertainty: bool = False,
     ) -> Progress:
         """float32 class probabilities (n_classes, *spatial) of ``image``.
 
@@ -153,9 +168,14 @@ class Predictor:
             out: optional array (e.g. zarr) of that shape, written tile by tile.
             normalized: the image is already normalised (training's planes): skip
                 the percentile normalisation.
+            with_uncertainty: also return the TTA copies' disagreement
+                (:func:`napari_unet.tta.combine`), float32 (*spatial) in memory.
 
         Yields:
             (done, total) tiles.
+
+        Returns:
+            the probabilities (``out`` when given), or ``(probabilities, uncertainty)``.
         """
         from .inference import as_planes
 
@@ -163,14 +183,25 @@ class Predictor:
         expected = (self.model.config.n_classes, *spatial)
         if out is not None and tuple(out.shape) != expected:
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {expected}")
+        uncertainty = self._uncertainty_array(spatial) if with_uncertainty else None
         tile = self.tile_for(spatial[-2:])
         result = np.empty(expected, dtype=np.float32) if out is None else out
 
-        def write(z, where, probs):
+        def write(z, where, probs, spread):
             result[(slice(None), *_at(z, where, spatial))] = probs
+            if uncertainty is not None:
+                uncertainty[_at(z, where, spatial)] = spread
 
         yield from self._tiles(planes, tile, write, normalized=normalized)
-        return result
+        return (result, uncertainty) if with_uncertainty else result
+
+    def _uncertainty_array(self, spatial: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of the spatial shape for the uncertainty (ValueError without TTA)."""
+        if len(self.transforms) == 1:
+            raise ValueError(
+                "an uncertainty map needs test-time augmentation: use tta='flips' or 'd4'"
+            )
+        return np.zeros(spatial, dtype=np.float32)
 
     def probabilities(self, image, **kwargs: Any) -> np.ndarray:
         """:meth:`probabilities_iter` without progress."""
@@ -205,6 +236,7 @@ class Predictor:
         join_slices: bool = False,
         out=None,
         with_probabilities: bool = False,
+        with_uncertainty: bool = False,
     ) -> Progress:
         """Labels of ``image``'s spatial shape (see :func:`napari_unet.inference.segment_iter`).
 
@@ -212,13 +244,15 @@ class Predictor:
             post: instance post-processing (default: the model's stored settings).
             out: integer array of the spatial shape (e.g. zarr) written block by block.
             with_probabilities: also keep the probabilities, computed in the same pass.
+            with_uncertainty: also keep the TTA copies' disagreement, float32
+                (*spatial) in memory (:func:`napari_unet.tta.combine`; needs ``tta``).
 
         Yields:
             (done, total): the tiles, then (instance models) the labelling's blocks.
 
         Returns:
-            int32 labels (``out`` when given), or ``(labels, probabilities)`` with
-            ``with_probabilities``.
+            int32 labels (``out`` when given), or a tuple of the labels followed by
+            each extra asked for, in this order: probabilities, uncertainty.
         """
         from .inference import as_planes
 
@@ -227,22 +261,28 @@ class Predictor:
         if out is not None and tuple(out.shape) != spatial:
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {spatial}")
         tile = self.tile_for(spatial[-2:])
-        probs = None
+        probs = uncertainty = None
+        if with_uncertainty:
+            uncertainty = self._uncertainty_array(spatial)
         if with_probabilities:
             probs = np.empty((self.model.config.n_classes, *spatial), dtype=np.float32)
         if out is None:
             out = np.zeros(spatial, dtype=np.int32)
         join = join_slices and self.model.info.task == "instance" and len(spatial) == 3
-        yield from _Labelling(self, planes, spatial, tile, post, out, probs).run(join)
-        return (out, probs) if with_probabilities else out
+        labelling = _Labelling(self, planes, spatial, tile, post, out, probs, uncertainty)
+        yield from labelling.run(join)
+        asked = ((probs, with_probabilities), (uncertainty, with_uncertainty))
+        extras = [array for array, wanted in asked if wanted]
+        return (out, *extras) if extras else out
 
     # -- the engine --------------------------------------------------------------------
     def _tiles(self, planes, tile, write, *, normalized=False, plane_done=None, plane_steps=0,
                final_steps=0):  # fmt: skip
         """Run the network over every tile of every plane; yields (done, total) steps.
 
-        ``write(z, (out_rows, out_cols), probs)`` receives each output tile's
-        probabilities (n_classes, h, w) cropped to the image; ``plane_done(z)`` may
+        ``write(z, (out_rows, out_cols), probs, spread)`` receives each output tile's
+        probabilities (n_classes, h, w) and TTA uncertainty (h, w) (None without TTA)
+        cropped to the image; ``plane_done(z)`` may
         return a generator of its own (step, plane_steps) progress, counted after the
         plane's tiles; ``final_steps`` are left in the total for the caller.
         """
@@ -265,9 +305,13 @@ class Predictor:
                 while True:  # repeated only after running out of memory
                     try:
                         for tiles in _batches(layout, batch):
-                            probs = self._forward(plane, tiles, lo_hi, not check_all)
-                            for t, p in zip(tiles, probs):
-                                write(z, (t.out_rows, t.out_cols), p[:, t.crop_rows, t.crop_cols])
+                            probs, spread = self._forward(plane, tiles, lo_hi, not check_all)
+                            for i, t in enumerate(tiles):
+                                crop = (t.crop_rows, t.crop_cols)
+                                write(
+                                    z, (t.out_rows, t.out_cols), probs[i][(slice(None), *crop)],
+                                    None if spread is None else spread[i][crop],
+                                )  # fmt: skip
                             done += len(tiles)
                             yield done, total
                         break
@@ -292,18 +336,27 @@ class Predictor:
         whole plane): the step of the whole-image pass, for callers that run a layout's
         batches elsewhere (blocks on a cluster, :mod:`napari_unet.distributed`). Pass the
         same batches as :meth:`_tiles` (``settings.batch_size`` tiles in layout order)
-        for bit-identical results: kernels may differ with the batch size."""
-        return self._forward(plane, tiles, lo_hi, True)
+        for bit-identical results: kernels may differ with the batch size. With TTA the
+        probabilities are the mean over the transformed copies."""
+        return self._forward(plane, tiles, lo_hi, True)[0]
 
-    def _forward(self, plane, tiles, lo_hi, check_finite: bool) -> np.ndarray:
-        """Input tiles -> softmax probabilities (B, n_classes, h, w) as numpy."""
+    def _forward(self, plane, tiles, lo_hi, check_finite: bool):
+        """Input tiles -> (softmax probabilities (B, n_classes, h, w), uncertainty
+        (B, h, w) or None without TTA) as numpy: one pass per TTA transform, each
+        output mapped back (:func:`napari_unet.tta.combine`)."""
         batch = np.stack([read_tile(plane, t.rows, t.cols) for t in tiles])
         batch = normalize(batch, lo_hi=lo_hi) if lo_hi is not None else batch
         batch = np.asarray(batch, dtype=np.float32)
         if check_finite and not np.isfinite(batch).all():
             raise ValueError("the image contains NaN or infinite pixels")
+        copies = [t.invert(self._softmax(t.apply(batch))) for t in self.transforms]
+        return _tta.combine(copies)
+
+    def _softmax(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, n_classes, h, w) of a (B, C, H, W) input batch."""
         memory_format = self.settings.memory_format
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=memory_format)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = x.contiguous(memory_format=memory_format)
         with torch.inference_mode(), self.settings.autocast(self.device):
             logits = self.net(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -346,22 +399,24 @@ class _Labelling:
     otherwise temporary zarr stores, so memory is bounded by tile and block, not plane.
     """
 
-    def __init__(self, predictor, planes, spatial, tile, post, out, probs) -> None:
+    def __init__(self, predictor, planes, spatial, tile, post, out, probs, uncertainty) -> None:
         self.predictor, self.planes, self.spatial, self.tile = predictor, planes, spatial, tile
-        self.post, self.out, self.probs = post, out, probs
+        self.post, self.out, self.probs, self.uncertainty = post, out, probs, uncertainty
 
     def target(self, z):
         return chunked_labels.PlaneView(self.out, z) if len(self.spatial) == 3 else self.out
 
-    def keep(self, z, where, tile_probs) -> None:
+    def keep(self, z, where, tile_probs, spread) -> None:
         if self.probs is not None:
             self.probs[(slice(None), *_at(z, where, self.spatial))] = tile_probs
+        if self.uncertainty is not None:
+            self.uncertainty[_at(z, where, self.spatial)] = spread
 
     def run(self, join: bool) -> Progress:
         if self.predictor.model.info.task == "semantic":
 
-            def write_classes(z, where, tile_probs):
-                self.keep(z, where, tile_probs)
+            def write_classes(z, where, tile_probs, spread):
+                self.keep(z, where, tile_probs, spread)
                 self.target(z)[where] = np.argmax(tile_probs, axis=0)
 
             yield from self.predictor._tiles(self.planes, self.tile, write_classes)
@@ -389,8 +444,8 @@ class _Labelling:
             )
             scratch = None  # chunked_labels makes a temporary zarr store
 
-        def write_foreground(z, where, tile_probs):
-            self.keep(z, where, tile_probs)
+        def write_foreground(z, where, tile_probs, spread):
+            self.keep(z, where, tile_probs, spread)
             foreground[where] = tile_probs[1] > post.threshold
 
         def label_plane(z):

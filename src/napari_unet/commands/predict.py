@@ -1,7 +1,9 @@
 """``napari-unet predict``: label images (and optionally probabilities) with a trained model.
 
 One label TIFF per input, NAME.tif for an input NAME.tif or NAME.tiff, in ``--out``
-(with ``--probabilities`` also NAME_probabilities.tif). Inputs are files, folders (their
+(with ``--probabilities`` also NAME_probabilities.tif, with ``--uncertainty``
+NAME_uncertainty.tif). ``--tta flips|d4`` averages 4 or 8 flipped/rotated copies
+(4x or 8x the time). Inputs are files, folders (their
 ``*.tif``/``*.tiff``) or glob patterns. Outputs are checked before any work: two
 inputs that would write the same output file are refused, and so is an output that
 already exists unless ``--overwrite`` is given (an input is never overwritten). Each
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..atomic_files import check_can_create
+from ..tta import MODES as TTA_MODES
 from ._files import drain_with_bar, read_image, write_tiff_atomic
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
@@ -43,6 +46,19 @@ def register(subparsers) -> None:
         "--probabilities",
         action="store_true",
         help="also write NAME_probabilities.tif (float32, class axis first)",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=tuple(TTA_MODES),
+        default="none",
+        help="test-time augmentation: average the predictions of flipped (flips: 4 copies, "
+        "4x the time) or flipped and rotated (d4: 8 copies, 8x the time) images",
+    )
+    parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write NAME_uncertainty.tif (float32, the TTA copies' disagreement, "
+        "0..0.5); needs --tta",
     )
     parser.add_argument("--tile-size", type=int, help="input tile edge in px (default: auto)")
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
@@ -101,9 +117,14 @@ def find_images(patterns: list[str]) -> list[Path]:
 
 
 def output_files(
-    images: list[Path], out_dir: Path, probabilities: bool, overwrite: bool
+    images: list[Path],
+    out_dir: Path,
+    probabilities: bool,
+    overwrite: bool,
+    uncertainty: bool = False,
 ) -> dict[Path, list[Path]]:
-    """Input -> its output files (labels, then probabilities), checked before any work.
+    """Input -> its output files (labels, then probabilities, then uncertainty), checked
+    before any work.
 
     Raises:
         ValueError: two inputs would write the same file, an output is an input, or
@@ -113,6 +134,7 @@ def output_files(
     outputs = {
         path: [out_dir / f"{path.stem}.tif"]
         + ([out_dir / f"{path.stem}_probabilities.tif"] if probabilities else [])
+        + ([out_dir / f"{path.stem}_uncertainty.tif"] if uncertainty else [])
         for path in images
     }
     writer: dict[Path, Path] = {}
@@ -145,8 +167,12 @@ def run(args: argparse.Namespace) -> int:
     from ..postprocess import DEFAULT_MIN_SIZE, Postprocess
     from ..predictor import Predictor
 
+    if args.uncertainty and args.tta == "none":
+        raise ValueError("--uncertainty needs test-time augmentation: add --tta flips or d4")
     images = find_images(args.images)
-    outputs = output_files(images, args.out, args.probabilities, args.overwrite)
+    outputs = output_files(
+        images, args.out, args.probabilities, args.overwrite, uncertainty=args.uncertainty
+    )
     model = load_model(args.model)
     try:
         post = Postprocess.of_model(
@@ -164,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             precision=args.precision,
+            tta=args.tta,
         ),
         "measuring this machine (once)",
         "step",
@@ -178,15 +205,15 @@ def run(args: argparse.Namespace) -> int:
                 post=post,
                 join_slices=args.join_slices,
                 with_probabilities=args.probabilities,
+                with_uncertainty=args.uncertainty,
             ),
             path.name,
             "tile",
         )
-        labels, probabilities = result if args.probabilities else (result, None)
+        labels, *extras = result if isinstance(result, tuple) else (result,)
         args.out.mkdir(parents=True, exist_ok=True)
-        write_tiff_atomic(outputs[path][0], labels)
-        if probabilities is not None:
-            write_tiff_atomic(outputs[path][1], probabilities)
+        for target, array in zip(outputs[path], (labels, *extras)):
+            write_tiff_atomic(target, array)
         count = int(labels.max()) if model.info.task == "instance" else len(np.unique(labels))
         what = "objects" if model.info.task == "instance" else "classes"
         print(

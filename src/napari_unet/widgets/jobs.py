@@ -94,8 +94,10 @@ def segment_job(
     probabilities: bool = False,
     device: str | None = None,
     out: Any = None,
-) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray | None]]:
-    """Labels (and optionally class probabilities) of ``image`` with ``model``, through
+    tta: str = "none",
+    uncertainty: bool = False,
+) -> Generator[tuple[int, int], None, tuple[np.ndarray, Any, Any]]:
+    """Labels (and optionally class probabilities and uncertainty) of ``image``, through
     the one prediction path (:class:`napari_unet.predictor.Predictor`): the settings
     measured for this machine and the model's stored post-processing, so the labels
     equal :func:`napari_unet.inference.segment`'s with or without probabilities.
@@ -107,22 +109,73 @@ def segment_job(
         probabilities: also return the probabilities (computed once, for both).
         out: an int32 array-like of the spatial shape (e.g. :func:`temporary_labels`)
             to write the labels into block by block; None: a numpy array.
+        tta: test-time augmentation mode (:mod:`napari_unet.tta`).
+        uncertainty: also return the TTA copies' disagreement (needs ``tta``).
 
     Yields:
         (done, total): the measurement on first use, then tiles and labelling blocks.
 
     Returns:
-        (labels, probabilities): int32 labels of the spatial shape (``out`` when
-        given) and float32
-        (n_classes, *spatial) probabilities, or None when not asked for.
+        (labels, probabilities, uncertainty): int32 labels of the spatial shape (``out``
+        when given), float32 (n_classes, *spatial) probabilities and float32 (*spatial)
+        uncertainty, each None when not asked for.
     """
     from ..predictor import Predictor
 
-    predictor = yield from Predictor.prepare_iter(model, device=device)
+    predictor = yield from Predictor.prepare_iter(model, device=device, tta=tta)
     result = yield from predictor.labels_iter(
-        image, channel_axis=channel_axis, with_probabilities=probabilities, out=out
+        image,
+        channel_axis=channel_axis,
+        with_probabilities=probabilities,
+        with_uncertainty=uncertainty,
+        out=out,
     )
-    return result if probabilities else (result, None)
+    labels, *extras = result if isinstance(result, tuple) else (result,)
+    return (
+        labels,
+        extras.pop(0) if probabilities else None,
+        extras.pop(0) if uncertainty else None,
+    )
+
+
+# -- where to annotate next -----------------------------------------------------------------
+#: test-time augmentation whose disagreement ranks the suggested regions
+SUGGEST_TTA = "d4"
+
+
+def suggest_job(
+    model: Any,
+    image: Any,
+    *,
+    channel_axis: int | None = None,
+    annotated: np.ndarray | None = None,
+    size: int = 128,
+    count: int = 3,
+) -> Generator[tuple[int, int], None, tuple[list, np.ndarray]]:
+    """The regions of ``image`` where ``model`` is least sure (TTA disagreement),
+    outside ``annotated`` (:func:`napari_unet.suggest.suggest_regions`).
+
+    Args:
+        image: (Y, X) or (Z, Y, X), with a channel axis for multi-channel models.
+        annotated: bool mask of the spatial shape (painted or marked area), or None.
+        size: window edge in px; count: how many windows.
+
+    Yields:
+        (done, total): the measurement on first use, then tiles.
+
+    Returns:
+        (regions, uncertainty): :class:`napari_unet.suggest.Region` s, best first, and
+        the float32 uncertainty map of the spatial shape.
+    """
+    from ..predictor import Predictor
+    from ..suggest import suggest_regions
+
+    predictor = yield from Predictor.prepare_iter(model, tta=SUGGEST_TTA)
+    _, uncertainty = yield from predictor.probabilities_iter(
+        image, channel_axis=channel_axis, with_uncertainty=True
+    )
+    regions = suggest_regions(uncertainty, size=size, count=count, annotated=annotated)
+    return regions, uncertainty
 
 
 def temporary_labels(shape: tuple[int, ...]) -> Any:

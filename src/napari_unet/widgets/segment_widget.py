@@ -39,6 +39,7 @@ from ._workers import start_job
 from .jobs import export_job, segment_job, segment_ome_zarr_job, temporary_labels
 from .model_store import model_store
 from .ome_zarr_output import OmeZarrOutput
+from .tta_options import TTAOptions, show_uncertainty
 
 
 class SegmentWidget(Container):
@@ -52,6 +53,7 @@ class SegmentWidget(Container):
         builtin_button: replace it with the built-in nuclei model.
         export_button: write the current model as a bioimage.io package (zip).
         show_probabilities: also add the class probabilities as image layers.
+        tta: test-time augmentation and the "<image> uncertainty" layer.
         segment_button, cancel_button: start / cancel (between two tiles).
         progress: tiles done.
         status: what happened last.
@@ -77,6 +79,7 @@ class SegmentWidget(Container):
         )
         self.show_probabilities = CheckBox(text="also show probabilities", value=False)
         self.ome_zarr = OmeZarrOutput()
+        self.tta = TTAOptions()
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = row(self.segment_button, self.cancel_button)
@@ -91,6 +94,7 @@ class SegmentWidget(Container):
                 row(self.export_button),
                 self.show_probabilities,
                 self.ome_zarr,
+                self.tta,
                 buttons,
                 column(self.progress, self.status),
             ]
@@ -191,6 +195,11 @@ class SegmentWidget(Container):
             if model is None:
                 raise BadChoice("no model loaded: train one in 'Train U-Net' or load a file")
             request = self.ome_zarr.request(layer, self.native, model.config.in_channels)
+            if request is not None and self.tta.mode.value != "none":
+                raise BadChoice(
+                    "test-time augmentation is not offered when saving into the OME-Zarr: "
+                    "choose 'none' or untick saving"
+                )
             # the OME-Zarr path reads the file itself (all channels): the layer places it
             source = layer if request else image_input(layer, model.config.in_channels)
         except BadChoice as error:
@@ -207,6 +216,8 @@ class SegmentWidget(Container):
                 "channel_axis": source.channel_axis,
                 "probabilities": self.show_probabilities.value,
                 "out": temporary_labels(source.spatial_shape) if lazy else None,
+                "tta": self.tta.mode.value,
+                "uncertainty": self.tta.wants_uncertainty,
             }
         self._worker = start_job(
             job,
@@ -280,14 +291,14 @@ class SegmentWidget(Container):
         layer: Image,
         source: ImageInput | Image,
         model: Any,
-        result: tuple[np.ndarray, np.ndarray | None],
+        result: tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
     ) -> None:
         written = None
         if isinstance(result, ngff.LabelTarget):  # written into the image's OME-Zarr
             written = f"{Path(result.store).name}/{result.group_path}"
             levels = ngff.label_levels(result)  # napari needs two levels for multiscale
-            result = (levels if len(levels) > 1 else levels[0], None)
-        labels, probabilities = result
+            result = (levels if len(levels) > 1 else levels[0], None, None)
+        labels, probabilities, uncertainty = result
         if layer not in self.viewer.layers:
             self.status.value = f"'{layer.name}' was removed: result dropped"
             return
@@ -317,6 +328,9 @@ class SegmentWidget(Container):
                     blending="additive",
                     visible=k == 1,
                 )
+            self.viewer.layers.move(self.viewer.layers.index(out), len(self.viewer.layers))
+        if uncertainty is not None:
+            show_uncertainty(self.viewer, uncertainty, layer, source)
             self.viewer.layers.move(self.viewer.layers.index(out), len(self.viewer.layers))
         self.status.value = _summary(labels, model.info.task, out.name, written)
 

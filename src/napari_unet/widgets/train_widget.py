@@ -58,6 +58,7 @@ from ._workers import freeze_heap, freeze_new_objects, start_job, thaw_heap
 from .jobs import PreviewSource, ShownStep, train_job
 from .loss_plot import LossPlot
 from .model_store import model_store
+from .suggest_panel import SuggestPanel
 
 #: where training starts: a new network, or fine-tuning one of these
 START_FROM = ("new network", "built-in nuclei", "current model", "file...")
@@ -154,6 +155,7 @@ class TrainWidget(Container):
         progress, status, metrics, plot: live feedback.
         recipe_info: what "auto" chose and why (hidden until it has chosen).
         model_info, save_button: the current model and saving it.
+        suggester: "Suggest where to annotate" (:class:`.suggest_panel.SuggestPanel`).
     """
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -222,7 +224,8 @@ class TrainWidget(Container):
         )
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
-        self.extend([self.model_info, self.save_button])
+        self.suggester = SuggestPanel(napari_viewer, self.current_pair, self.store)
+        self.extend([self.model_info, self.save_button, self.suggester])
         follow_layers(napari_viewer, self)
 
         self.pairs: list[Pair] = []
@@ -578,6 +581,7 @@ class TrainWidget(Container):
         The run is dropped (the model is not made current). ``destroyed``: the Qt
         widgets are gone, so nothing is shown and nothing stays connected to them.
         """
+        self.suggester.end_job()
         if destroyed:
             self.store.changed.disconnect(self._show_model)
             unfollow_layers(self.viewer, self)
