@@ -64,7 +64,7 @@ def segment_all(model, images, modes=MODES) -> tuple[dict, dict]:
 def rows_for(scores: dict, seconds: dict) -> list[dict]:
     """One row per mode: its scores, seconds and time relative to no TTA."""
     return [
-        {"tta": mode, **scores[mode], "seconds": round(seconds[mode], 1),
+        {"tta": mode, **scores[mode], "seconds": round(seconds[mode], 3),
          "time_ratio": round(seconds[mode] / seconds["none"], 2)}
         for mode in seconds
     ]  # fmt: skip
