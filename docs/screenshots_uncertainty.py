@@ -11,13 +11,13 @@ suggested regions), both with the built-in nuclei model on a DSB 2018 image it n
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import napari
 import numpy as np
 import tifffile
 from qtpy.QtWidgets import QApplication
+from screenshots import wait  # docs/ is on the path when run as a script
 
 from napari_unet.model_io import load_model
 from napari_unet.models import describe
@@ -30,13 +30,6 @@ OUT = Path(__file__).parent / "images"
 DSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "train"
 HELD_OUT_IMAGE = "07fb37aafa662660.tif"  # every 5th file in name order is held out
 SIZE = (1300, 800)
-
-
-def wait(app: QApplication, seconds: float = 0.0, until=None, timeout: float = 600.0) -> None:
-    end = time.monotonic() + (timeout if until else seconds)
-    while time.monotonic() < end and not (until and until()):
-        app.processEvents()
-        time.sleep(0.01)
 
 
 def nuclei_pair() -> tuple[np.ndarray, np.ndarray]:

@@ -118,19 +118,26 @@ def rank_process(marker: str, rank: int) -> int | None:
     return None
 
 
+def start_and_wait_for_a_checkpoint(command, tmp_path, checkpoints) -> subprocess.Popen:
+    """Start ``command`` (marked with ``tmp_path`` so its ranks can be found) and wait,
+    at most 240 s, until it has written its first ``last`` checkpoint."""
+    run = subprocess.Popen(
+        command, env=environment(NAPARI_UNET_TEST_RUN=str(tmp_path)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (checkpoints / LAST_NAME).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return run
+
+
 def test_a_killed_rank_ends_the_run_and_keeps_the_best_model(tmp_path):
     checkpoints, out = tmp_path / "checkpoints", tmp_path / "model.safetensors"
     argv = [*write_pairs(tmp_path), "--out", str(out), "--iterations", "100000", *TINY]
     marker = f"NAPARI_UNET_TEST_RUN={tmp_path}"
     command = torchrun(2, "-m", "napari_unet", "train", *argv, "--checkpoints", str(checkpoints))
-    run = subprocess.Popen(
-        command, env=environment(NAPARI_UNET_TEST_RUN=str(tmp_path)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run = start_and_wait_for_a_checkpoint(command, tmp_path, checkpoints)
     try:
-        deadline = time.monotonic() + 240
-        while not (checkpoints / LAST_NAME).exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
         victim = rank_process(marker, rank=1)
         assert victim is not None, "rank 1 not found"
         os.kill(victim, signal.SIGKILL)
@@ -158,14 +165,8 @@ def test_ctrl_c_stops_every_rank_and_saves_the_model(tmp_path):
     argv = [*write_pairs(tmp_path), "--out", str(out), "--iterations", "100000", *TINY]
     argv += ["--checkpoints", str(checkpoints), "--nproc", "2"]
     command = [sys.executable, "-m", "napari_unet", "train", *argv]
-    run = subprocess.Popen(
-        command, env=environment(NAPARI_UNET_TEST_RUN=str(tmp_path)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run = start_and_wait_for_a_checkpoint(command, tmp_path, checkpoints)
     try:
-        deadline = time.monotonic() + 240
-        while not (checkpoints / LAST_NAME).exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
         run.send_signal(signal.SIGINT)
         stdout, stderr = run.communicate(timeout=120)
     finally:

@@ -75,9 +75,11 @@ def export_bioimageio(
             always is: it is the original the others are converted from).
 
     Raises:
-        ValueError: ``out`` exists and ``overwrite`` is False, or the description is
-            refused by bioimageio.spec (the first error, in one sentence).
+        ValueError: ``out`` exists and ``overwrite`` is False, the ``bioimageio`` extra
+            is missing, or the description is refused by bioimageio.spec (the first
+            error, in one sentence).
     """
+    require_extra(weight_formats)
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise ValueError(f"{out}: a bioimage.io package is written as a .zip file")
@@ -93,6 +95,21 @@ def export_bioimageio(
         )  # fmt: skip
         _save_package(descr, out, Path(folder) / "package.zip")
     return out
+
+
+def require_extra(weight_formats: tuple[str, ...] = WEIGHT_FORMATS) -> None:
+    """Raise ValueError (one sentence) when a package the export needs is missing."""
+    import importlib
+
+    needed = ["bioimageio.spec"] + (["onnx"] if "onnx" in weight_formats else [])
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ValueError(
+                f"bioimage.io export needs the bioimageio extra ({name} is missing): "
+                "pip install 'napari-unet[bioimageio]'"
+            ) from None
 
 
 def _cpu_copy(model: UNet) -> UNet:

@@ -81,13 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _exporter():
-    try:
-        from ..bioimageio_export import export_bioimageio
-    except ImportError as error:
-        raise ValueError(
-            f"bioimage.io export needs the bioimageio extra ({error.name} is missing): "
-            "pip install 'napari-unet[bioimageio]'"
-        ) from None
+    from ..bioimageio_export import export_bioimageio, require_extra
+
+    require_extra()
     return export_bioimageio
 
 

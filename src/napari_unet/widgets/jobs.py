@@ -65,13 +65,9 @@ def export_job(
     import getpass
     from pathlib import Path
 
-    try:
-        from ..bioimageio_export import export_bioimageio
-    except ImportError as error:
-        raise ValueError(
-            f"bioimage.io export needs the bioimageio extra ({error.name} is missing): "
-            "pip install 'napari-unet[bioimageio]'"
-        ) from None
+    from ..bioimageio_export import export_bioimageio, require_extra
+
+    require_extra()
     yield 0, 1
     kind = "instance" if model.info.task == "instance" else "semantic"
     export_bioimageio(
