@@ -18,39 +18,17 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import tifffile
-
 from _machine import cpu_model
-from napari_unet import metrics
+from bench_finetune import score
+from bench_training import load_split
 from napari_unet.postprocess import Postprocess
-from napari_unet.predictor import Predictor
 from napari_unet.progress import drain
 from napari_unet.training import PRESETS, train_iter
 
 
-def load(root: Path, held_out_every: int = 4):
-    """(training pairs, held-out pairs): every ``held_out_every``-th file is held out."""
-    names = sorted(p.name for p in (root / "images").glob("*.tif"))
-    pairs = [
-        (tifffile.imread(root / "images" / n), tifffile.imread(root / "labels" / n)) for n in names
-    ]
-    held = [i % held_out_every == held_out_every - 1 for i in range(len(pairs))]
-    return (
-        [p for p, h in zip(pairs, held) if not h],
-        [p for p, h in zip(pairs, held) if h],
-    )
-
-
 def rand_error(model, held_out, post: Postprocess | None) -> float:
     """Mean adapted Rand error on ``held_out`` (``post`` None: the model's own)."""
-    predictor = Predictor.prepare(model, device="cpu")
-    post = post or predictor.postprocess()
-    errors = [
-        metrics.rand_error(labels, predictor.to_labels(predictor.probabilities(image), post))
-        for image, labels in held_out
-    ]
-    return float(np.mean(errors))
+    return score(model, held_out, post)["rand_error"]
 
 
 def run_arm(settings, train_pairs, held_out) -> dict:
@@ -89,7 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    train_pairs, held_out = load(args.data)
+    train_pairs, held_out = load_split(args.data, every=4)
     print(f"machine: {cpu_model()}; {len(train_pairs)} training, {len(held_out)} held-out")
     result = {"machine": cpu_model(), "data": str(args.data), "steps": args.steps, "runs": {}}
     for seed in args.seeds:

@@ -116,13 +116,15 @@ def throughput(args) -> None:
 
 
 # -- accuracy ------------------------------------------------------------------------
-def load_split(root: Path):
+def load_split(root: Path, every: int = 5):
+    """(training pairs, held-out pairs) of ``root/images`` + ``root/labels``: every
+    ``every``-th file in name order is held out."""
     names = sorted(p.name for p in (root / "images").glob("*.tif"))
     pairs = [
         (tifffile.imread(root / "images" / n), tifffile.imread(root / "labels" / n)) for n in names
     ]
-    train = [pair for i, pair in enumerate(pairs) if i % 5 != 4]
-    held_out = [pair for i, pair in enumerate(pairs) if i % 5 == 4]
+    train = [pair for i, pair in enumerate(pairs) if i % every != every - 1]
+    held_out = [pair for i, pair in enumerate(pairs) if i % every == every - 1]
     return train, held_out
 
 

@@ -144,7 +144,9 @@ def weighted_cross_entropy(
 
 
 # -- the engine --------------------------------------------------------------------
-def _initial_model(init_model, settings, in_channels, n_classes, mode, device) -> UNet:
+def _initial_model(
+    init_model: UNet | None, settings, in_channels, n_classes, mode, device
+) -> UNet:
     if init_model is None:
         info = ModelInfo(
             task=mode,
@@ -157,11 +159,7 @@ def _initial_model(init_model, settings, in_channels, n_classes, mode, device) -
             normalization=dict(settings.normalization),
         )
         return UNet(settings.config(in_channels, n_classes), info).to(device)
-    if isinstance(init_model, (str, Path)):
-        from .model_io import load_model
-
-        init_model = load_model(init_model, device=str(device))
-    model = copy.deepcopy(init_model).to(device)
+    model = copy.deepcopy(init_model).to(device)  # a UNet: _resolve_init loaded any file
     config = model.config
     if config.in_channels != in_channels:
         raise ValueError(

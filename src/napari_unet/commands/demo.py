@@ -96,7 +96,7 @@ def run_gui(builtin: str | None = None) -> int:
     return 0
 
 
-#: the widgets as napari's Plugins menu names them; the first one is shown
+#: the widgets as napari's Plugins menu names them
 DEMO_WIDGETS = ("Train U-Net", "Segment", "Weight map")
 
 
@@ -107,43 +107,39 @@ def open_demo(viewer: Any) -> Any:
     front, and the view is reset once they are docked so that the whole image
     is in sight. Returns the viewer.
     """
-    from qtpy.QtWidgets import QApplication
-
     from ..sample_data import sample_layers
 
-    for data, kwargs, kind in sample_layers():
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    docks = [
-        viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)[0]
-        for name in DEMO_WIDGETS
-    ]
-    QApplication.processEvents()  # the tab bar of the tabified docks is made here...
-    docks[0].raise_()  # ...so only now can Train be brought to the front
-    QApplication.processEvents()  # the dock takes its room: the canvas gets its final size
-    viewer.reset_view()
+    _dock_demo(viewer, sample_layers(), front="Train U-Net")
     return viewer
 
 
 def open_builtin_demo(viewer: Any, name: str) -> Any:
     """Add the generated nuclei, dock the widgets with Segment in front and make the
     built-in model ``name`` its model: one click on Segment away. Returns the viewer."""
-    from qtpy.QtWidgets import QApplication
-
     from ..sample_data import nuclei_layers
 
-    for data, kwargs, kind in nuclei_layers():
+    widgets = _dock_demo(viewer, nuclei_layers(), front="Segment")
+    widgets["Segment"].use_builtin(name)
+    return viewer
+
+
+def _dock_demo(viewer: Any, layers: list[tuple], front: str) -> dict[str, Any]:
+    """Add ``layers`` (npe2 sample tuples), dock :data:`DEMO_WIDGETS` tabbed on the right,
+    bring ``front`` to the front and fit the view; returns {widget name: widget}."""
+    from qtpy.QtWidgets import QApplication
+
+    for data, kwargs, kind in layers:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     docks = {
-        name: viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)
-        for name in DEMO_WIDGETS
+        widget_name: viewer.window.add_plugin_dock_widget("napari-unet", widget_name, tabify=True)
+        for widget_name in DEMO_WIDGETS
     }
-    QApplication.processEvents()
-    dock, segment_widget = docks["Segment"]
-    segment_widget.use_builtin()
-    dock.raise_()
-    QApplication.processEvents()
+    widgets = {widget_name: widget for widget_name, (_, widget) in docks.items()}
+    QApplication.processEvents()  # the tab bar of the tabified docks is made here...
+    docks[front][0].raise_()  # ...so only now can a dock be brought to the front
+    QApplication.processEvents()  # the dock takes its room: the canvas gets its final size
     viewer.reset_view()
-    return viewer
+    return widgets
 
 
 def run_builtin_headless(args: argparse.Namespace) -> int:

@@ -103,7 +103,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._bar: NapariProgress | None = None
         self.load_button.changed.connect(self.load_model)
-        self.builtin_button.changed.connect(self.use_builtin)
+        self.builtin_button.changed.connect(lambda *_: self.use_builtin())  # not its value
         self.export_button.changed.connect(self.export_model)
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
@@ -140,17 +140,17 @@ class SegmentWidget(Container):
             return
         self.store.set(model, f"file {path}")
 
-    def use_builtin(self) -> None:
-        """Make the built-in nuclei model the current model."""
+    def use_builtin(self, name: str = "nuclei") -> None:
+        """Make built-in model ``name`` (the button: nuclei) the current model."""
         from ..model_io import ModelFileError, load_model
         from ..models import describe
 
         try:
-            model = load_model("nuclei")
+            model = load_model(name)
         except (ModelFileError, OSError) as error:
             show_error(f"could not load the built-in model: {error}")
             return
-        self.store.set(model, describe("nuclei"))
+        self.store.set(model, describe(name))
 
     def export_model(self) -> None:
         """Ask for a .zip and write the current model there as a bioimage.io package,
