@@ -264,7 +264,7 @@ def _run_rank(args: argparse.Namespace) -> int:
     ddp.start(ranks, device)
     try:
         return _train(args, (settings.replace(**changes), overrides), ranks)
-    except ddp.RankFailure as failure:
+    except ddp.RankFailure as failure:  # before training started (e.g. choosing the recipe)
         return _after_failure(args, failure, ranks)
     finally:
         ddp.stop()
@@ -287,7 +287,7 @@ def _train(args: argparse.Namespace, chosen=None, ranks=None) -> int:
     the rank."""
     from tqdm import tqdm
 
-    from ..ddp import SINGLE
+    from ..ddp import SINGLE, RankFailure
     from ..model_io import save_model_or_rescue
     from ..progress import drain
     from ..training import train_iter
@@ -343,6 +343,10 @@ def _train(args: argparse.Namespace, chosen=None, ranks=None) -> int:
     try:
         with bar:
             model = drain(run_, show)
+    except RankFailure as failure:
+        # still under the stop handlers: torchrun's agent sends SIGTERM as soon as a
+        # rank dies, which must not cut rank 0's saving of the best model short
+        return _after_failure(args, failure, ranks)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
