@@ -148,18 +148,37 @@ def evaluate_held_out(model, held_out) -> dict[str, float]:
     }
 
 
-def accuracy(args) -> None:
-    train_pairs, held_out = load_split(Path(args.data))
+def accuracy_settings(args, train_pairs, seed: int) -> tuple[TrainSettings, list[str] | None]:
+    """The settings ``napari-unet train`` would use: ``--preset auto`` (the default) is
+    the CLI without ``--preset`` (the recipe chosen from the training labels and the
+    machine, :func:`napari_unet.train_recipe.choose_settings`); a named preset is used
+    as it is. Returns (settings, the recipe's reasons or None)."""
     changes = {"minutes": args.minutes, "iterations": None, "preview_every_s": args.snapshot_s}
+    changes["seed"] = seed
     for item in args.set or []:
         key, value = item.split("=", 1)
         changes[key] = json.loads(value)
-    settings = PRESETS[args.preset].replace(**changes)
-    print(f"machine: {machine()}")
-    print(f"{len(train_pairs)} training / {len(held_out)} held-out images; settings {changes}")
+    if args.preset != "auto":
+        return PRESETS[args.preset].replace(**changes), None
+    from napari_unet.train_recipe import choose_settings
+
+    settings, recipe = choose_settings(
+        [p[1] for p in train_pairs], base=PRESETS["fast"].replace(**changes),
+        new_network=args.init is None,
+    )  # fmt: skip
+    print(recipe.summary())
+    return settings, recipe.reasons
+
+
+def accuracy_run(args, train_pairs, held_out, seed: int) -> dict:
+    """One training run of ``args.minutes`` with ``seed``; held-out scores of its
+    snapshots and of the model it returns."""
+    settings, reasons = accuracy_settings(args, train_pairs, seed)
+    print(f"seed {seed}: settings {settings.to_dict()}")
     snapshots, records, prep_s = [], [], None
     begin = time.perf_counter()
-    run = train_iter([p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings)
+    images, labels = [p[0] for p in train_pairs], [p[1] for p in train_pairs]
+    run = train_iter(images, labels, settings=settings, init_model=args.init)
 
     def keep(record) -> None:
         nonlocal prep_s
@@ -177,9 +196,7 @@ def accuracy(args) -> None:
     print(f"trained {records[-1].iteration} steps in {records[-1].elapsed:.0f} s")
     # snapshots get their threshold and growth tuned on the training's own validation
     # split, as train_iter tunes the model it returns
-    val_planes = split_planes(
-        [p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings
-    )[1]
+    val_planes = split_planes(images, labels, settings=settings)[1] if snapshots else None
     curve = []
     for minutes, model in [*snapshots, (records[-1].elapsed / 60, final)]:
         model = model.cpu()
@@ -190,22 +207,58 @@ def accuracy(args) -> None:
         scores = evaluate_held_out(model, held_out) | model.info.postprocess
         curve.append({"minutes": minutes, **scores})
         print(f"  held-out @ {minutes:5.2f} min: {scores}")
-    result = {
-        "machine": machine(),
-        "data": str(args.data),
-        "settings": settings.to_dict(),
-        "steps": records[-1].iteration,
-        "prep_s": prep_s,
-        "curve": curve,
-        "loss": [(r.elapsed, r.loss) for r in records[:: max(1, len(records) // 500)]],
-        "val": [r.val | {"elapsed": r.elapsed} for r in records if r.val is not None],
-    }
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
     if args.save:
         from napari_unet.model_io import save_model
 
-        save_model(final, args.save)
+        save_model(final, Path(args.save).with_suffix(f".seed{seed}.safetensors"))
+    return {
+        "seed": seed,
+        "settings": settings.to_dict(),
+        "recipe": reasons,
+        "steps": records[-1].iteration,
+        "prep_s": prep_s,
+        "curve": curve,
+        "returned": curve[-1],
+        "loss": [(r.elapsed, r.loss) for r in records[:: max(1, len(records) // 500)]],
+        "val": [r.val | {"elapsed": r.elapsed} for r in records if r.val is not None],
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of ``values``."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values)}
+
+
+def accuracy(args) -> None:
+    train_pairs, held_out = load_split(Path(args.data))
+    print(f"machine: {machine()}")
+    print(f"{len(train_pairs)} training / {len(held_out)} held-out images; preset {args.preset}")
+    if args.init:
+        print(f"starting from {args.init}")
+    runs = [accuracy_run(args, train_pairs, held_out, seed) for seed in args.seeds]
+    summary = {
+        metric: spread([run["returned"][metric] for run in runs])
+        for metric in ("ap50", "rand_error")
+    }
+    for metric, s in summary.items():
+        print(
+            f"returned model, {len(runs)} seed(s): {metric} {s['mean']:.4f} +- {s['std']:.4f} "
+            f"(min {s['min']:.4f}, max {s['max']:.4f})"
+        )
+    result = {
+        "machine": machine(),
+        "data": str(args.data),
+        "preset": args.preset,
+        "init": args.init,
+        "minutes": args.minutes,
+        "summary": summary,
+        "runs": runs,
+    }
+    # the first run's fields at the top level, as plot_training.py reads them
+    result |= {k: runs[0][k] for k in ("settings", "steps", "prep_s", "curve", "loss", "val")}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 # -- DistributedDataParallel -----------------------------------------------------------
@@ -278,11 +331,16 @@ def main(argv=None) -> int:
     a = sub.add_parser("accuracy")
     a.add_argument("--data", required=True)
     a.add_argument("--minutes", type=float, default=10.0)
-    a.add_argument("--preset", default="fast")
+    a.add_argument(
+        "--preset", default="auto",
+        help="auto (default: as napari-unet train without --preset) or a preset name",
+    )  # fmt: skip
+    a.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
+    a.add_argument("--init", help="model file or built-in name to fine-tune (default: new)")
     a.add_argument("--snapshot-s", type=float, default=120.0)
     a.add_argument("--set", action="append", help="override a setting: key=json_value")
     a.add_argument("--json", help="write the results here")
-    a.add_argument("--save", help="save the final model to this file")
+    a.add_argument("--save", help="save each seed's final model as FILE.seedN.safetensors")
     d = sub.add_parser("ddp")
     d.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     d.add_argument("--steps", type=int, default=20)

@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", help="override a setting: key=json_value")
+    parser.add_argument(
+        "--init", help="model file or built-in name to continue from (its width/depth are kept)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument("--json", type=Path, required=True, help="record of the run")
     args = parser.parse_args(argv)
@@ -86,7 +89,8 @@ def main(argv=None) -> int:
             minutes = record.elapsed / 60
             print(f"  {minutes:5.1f} min step {record.iteration}: {record.val}", flush=True)
 
-    run = train_iter([p[0] for p in train_pairs], [p[1] for p in train_pairs], settings=settings)
+    images, labels = [p[0] for p in train_pairs], [p[1] for p in train_pairs]
+    run = train_iter(images, labels, settings=settings, init_model=args.init)
     model = drain(run, show).cpu()
     history = model.info.history
     print(f"trained {history['iterations']} steps in {history['seconds']} s", flush=True)
@@ -98,7 +102,8 @@ def main(argv=None) -> int:
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     record = {
         "started": started, "machine": machine, "python": platform.python_version(),
-        "data": str(args.data), "settings": settings.to_dict(), "steps": history["iterations"],
+        "data": str(args.data), "init": args.init, "settings": settings.to_dict(),
+        "steps": history["iterations"],
         "train_seconds": history["seconds"], "held_out": scores,
         "postprocess": model.info.postprocess, "best_val": history.get("best_val"),
         "file": str(args.out), "bytes": args.out.stat().st_size, "sha256": digest,

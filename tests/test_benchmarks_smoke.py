@@ -101,11 +101,18 @@ def test_bench_training_accuracy_and_plot_smoke(tmp_path):
     result = tmp_path / "accuracy.json"
     done = run_script(
         "bench_training.py", "accuracy", "--data", str(data), "--minutes", "0.02",
-        "--snapshot-s", "1", "--json", str(result),
+        "--snapshot-s", "1", "--seeds", "0", "1", "--json", str(result),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    curve = json.loads(result.read_text())["curve"]
+    assert "recipe chosen from the annotation" in done.stdout  # the CLI's default path
+    record = json.loads(result.read_text())
+    curve = record["curve"]
     assert curve and all(0 <= point["ap50"] <= 1 for point in curve)
+    runs = record["runs"]
+    assert [run["seed"] for run in runs] == [0, 1] and all(run["recipe"] for run in runs)
+    finals = [run["returned"]["ap50"] for run in runs]
+    assert record["summary"]["ap50"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert record["summary"]["ap50"]["min"] == min(finals)
 
     plot = tmp_path / "curve.png"
     done = run_script("plot_training.py", "curve", str(plot), str(result))

@@ -7,7 +7,7 @@ import pytest
 from skimage.segmentation import find_boundaries
 
 from napari_unet.config import UNetConfig
-from napari_unet.recipe import NEAR_PX, choose_recipe, describe_annotation
+from napari_unet.recipe import NEAR_PX, builtin_start, choose_recipe, describe_annotation
 from napari_unet.sample_data import make_nuclei
 
 CONFIG = UNetConfig(1, 2, 16, 3)
@@ -79,6 +79,40 @@ def test_width_follows_the_measured_speed_and_the_budget():
     assert fast.changes["base_channels"] == 32 and "12.0 steps/s" in fast.summary()
 
 
+def test_nuclei_like_annotations_start_from_the_builtin_model():
+    nuclei = describe_annotation([make_nuclei(seed=0)[1]])
+    name, reason = builtin_start(nuclei)
+    assert name == "nuclei" and "built-in nuclei" in reason
+    assert builtin_start(nuclei, in_channels=3) is None  # it reads one channel
+    assert builtin_start(describe_annotation([tissue(seed=0)])) is None  # dense tissue
+    large = np.zeros((600, 600), np.int32)
+    large[100:220, 100:220] = 1
+    assert builtin_start(describe_annotation([large])) is None  # 135 px across
+    recipe = choose_recipe(
+        nuclei, steps_per_s={16: 30.0, 32: 12.0}, minutes=10, start=(name, reason)
+    )
+    assert recipe.start_from == "nuclei" and "base_channels" not in recipe.changes
+    assert reason in recipe.summary()
+
+
+def test_builtin_start_only_when_allowed_and_then_no_width_is_measured(monkeypatch):
+    from napari_unet import train_recipe
+    from napari_unet.training import PRESETS
+
+    calls = []
+    monkeypatch.setattr(train_recipe, "measure_steps_per_s", lambda *a: calls.append(1) or {})
+    labels = [make_nuclei(seed=0)[1]]
+    base = PRESETS["fast"].replace(minutes=5.0, iterations=None)
+    _, recipe = train_recipe.choose_settings(labels, base=base, builtin_allowed=True)
+    assert recipe.start_from == "nuclei" and calls == []
+    _, recipe = train_recipe.choose_settings(labels, base=base)
+    assert recipe.start_from is None and calls == [1]
+    _, recipe = train_recipe.choose_settings(
+        labels, base=base, builtin_allowed=True, in_channels=2
+    )
+    assert recipe.start_from is None
+
+
 # -- wired into training: the CLI and the Train widget -------------------------------------
 def write_pairs(folder, make_labels, count=2):
     import tifffile
@@ -112,6 +146,42 @@ def test_cli_without_preset_chooses_the_dense_recipe_for_tissue(tmp_path, capsys
     assert main([*argv, "--out", str(out), "--iterations", "2", "--preset", "fast"]) == 0
     assert "recipe" not in capsys.readouterr().out
     assert "recipe" not in load_model(out).info.training
+
+
+def nuclei_labels(seed):
+    return make_nuclei(seed=seed)[1]
+
+
+def close_to_builtin(model) -> bool:
+    """True when ``model``'s first convolution is still (after a few steps) the built-in
+    nuclei model's, not a random one."""
+    import torch
+
+    from napari_unet.model_io import load_model
+
+    builtin = load_model("nuclei").state_dict()
+    first = next(iter(builtin))
+    return torch.allclose(model.state_dict()[first], builtin[first], atol=0.05)
+
+
+def test_cli_without_preset_fine_tunes_the_builtin_model_for_nuclei(tmp_path, capsys):
+    from napari_unet.cli import main
+    from napari_unet.model_io import load_model
+
+    write_pairs(tmp_path, nuclei_labels)
+    out = tmp_path / "m.safetensors"
+    argv = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels")]
+    argv += ["--out", str(out), "--iterations", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    assert "fine-tuning it" in capsys.readouterr().out
+    model = load_model(out)
+    assert model.info.training["started_from"] == "nuclei" and close_to_builtin(model)
+    assert main([*argv, "--start-from", "new"]) == 0  # asked for: a new network
+    assert "fine-tuning" not in capsys.readouterr().out
+    model = load_model(out)
+    assert "started_from" not in model.info.training and not close_to_builtin(model)
+    assert main([*argv, "--set", "base_channels=8"]) == 0  # a shape asks for a new network
+    assert load_model(out).config.base_channels == 8
 
 
 def test_width_is_measured_only_for_a_new_network_with_a_minutes_budget(monkeypatch):
@@ -164,3 +234,25 @@ def test_train_widget_auto_preset_shows_and_stores_the_recipe(make_napari_viewer
     assert "dense tissue" in widget.recipe_info.value
     training = model_store(viewer).model.info.training
     assert training["gap"] == 2 and "dense tissue" in training["recipe"][0]
+
+
+def test_train_widget_auto_start_fine_tunes_the_builtin_model_for_nuclei(
+    make_napari_viewer, qtbot
+):
+    from napari_unet.widgets.model_store import model_store
+    from napari_unet.widgets.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    image, labels = make_nuclei(seed=0)
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(labels, name="annotation")
+    widget = TrainWidget(viewer)
+    assert widget.start_from.value == "auto"
+    widget.budget_unit.value = "iterations"
+    widget.budget.value = 2
+    widget.device.value = "cpu"
+    widget.train()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert "built-in nuclei" in widget.recipe_info.value
+    model = model_store(viewer).model
+    assert model.info.training["started_from"] == "nuclei" and close_to_builtin(model)

@@ -40,6 +40,9 @@ TILE_OBJECTS = 2.0
 #: widen the network (32 base channels) only when the budget still allows this many
 #: steps at the wider network's measured speed
 WIDE_MIN_STEPS = 4000
+#: median object diameters (px) the built-in ``nuclei`` model was trained on: the 5th
+#: to 95th percentile of the per-image medians of its DSB 2018 training images is 9-50 px
+BUILTIN_NUCLEI_DIAMETERS = (8.0, 50.0)
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,16 @@ class Recipe:
 
     Attributes:
         changes: TrainSettings fields to set (gap, select_by, tile_size, base_channels).
-        reasons: one short sentence per choice, in the order of ``changes``.
+        reasons: one short sentence per choice.
         stats: what the choice was made from.
+        start_from: the built-in model to fine-tune (its name), or None for the network
+            the caller asked for.
     """
 
     changes: dict[str, Any]
     reasons: list[str] = field(default_factory=list)
     stats: AnnotationStats | None = None
+    start_from: str | None = None
 
     def summary(self) -> str:
         """One paragraph for the log and the Train widget."""
@@ -131,6 +137,24 @@ def _touching_objects(plane: np.ndarray) -> np.ndarray:
     return np.union1d(np.unique(largest[meeting]), np.unique(smallest[meeting]))
 
 
+def builtin_start(stats: AnnotationStats, in_channels: int = 1) -> tuple[str, str] | None:
+    """(built-in model name, reason) when the annotation looks like what a built-in
+    model was trained on, else None.
+
+    ``nuclei``: one channel, separate objects (not dense tissue) whose median diameter
+    lies in :data:`BUILTIN_NUCLEI_DIAMETERS`. Fine-tuning it beat a new network of the
+    same size on held-out data (docs/training.md, "Fine-tuning vs from scratch").
+    """
+    low, high = BUILTIN_NUCLEI_DIAMETERS
+    if in_channels != 1 or stats.dense or not low <= stats.median_diameter <= high:
+        return None
+    return "nuclei", (
+        f"one channel, separate objects {stats.median_diameter:.0f} px across, like the "
+        "built-in nuclei model's training data: fine-tuning it (start from 'new' to train "
+        "a new network)"
+    )
+
+
 def choose_recipe(
     stats: AnnotationStats,
     *,
@@ -139,6 +163,7 @@ def choose_recipe(
     max_tile: int | None = None,
     steps_per_s: dict[int, float] | None = None,
     minutes: float | None = None,
+    start: tuple[str, str] | None = None,
 ) -> Recipe:
     """Settings for an annotation described by ``stats`` on a machine that trains at
     ``steps_per_s`` ({base_channels: measured optimiser steps/s}) for ``minutes``.
@@ -147,6 +172,8 @@ def choose_recipe(
         config, tile_size: the network to train and its default input tile (px); the
             tile grows when objects are too large for its output (None: never).
         max_tile: the largest input tile the planes allow (px: their shorter edge).
+        start: :func:`builtin_start`'s choice, if the caller allows one: the model
+            keeps its own width, so none is chosen from ``steps_per_s``.
     """
     changes: dict[str, Any] = {}
     reasons: list[str] = []
@@ -170,11 +197,13 @@ def choose_recipe(
             reasons.append(
                 f"objects {stats.median_diameter:.0f} px across (median): {tile} px input tiles"
             )
-    if steps_per_s and minutes:
+    if start is not None:
+        reasons.append(start[1])
+    elif steps_per_s and minutes:
         width, why = _width_for(steps_per_s, minutes)
         changes["base_channels"] = width
         reasons.append(why)
-    return Recipe(changes, reasons, stats)
+    return Recipe(changes, reasons, stats, start[0] if start else None)
 
 
 def _tile_for(

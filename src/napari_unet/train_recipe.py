@@ -16,7 +16,7 @@ import torch
 
 from .devices import choose_device
 from .model import UNet
-from .recipe import AnnotationStats, Recipe, choose_recipe, describe_annotation
+from .recipe import AnnotationStats, Recipe, builtin_start, choose_recipe, describe_annotation
 from .train_settings import TrainSettings
 
 #: network widths (base channels) the recipe chooses between
@@ -65,6 +65,7 @@ def choose_settings(
     base: TrainSettings,
     mode: str = "instance",
     new_network: bool = True,
+    builtin_allowed: bool = False,
     in_channels: int = 1,
     measure=None,
 ) -> tuple[TrainSettings, Recipe]:
@@ -74,7 +75,9 @@ def choose_settings(
     for a ``new_network`` with a minutes budget (a fine-tuned model keeps its own;
     a step budget does not depend on speed); the tile only grows within the planes.
     ``measure(settings, in_channels) -> {width: steps/s}`` (default
-    :func:`measure_steps_per_s`).
+    :func:`measure_steps_per_s`). ``builtin_allowed``: the recipe may choose to
+    fine-tune a built-in model (:func:`napari_unet.recipe.builtin_start`); the caller
+    loads ``recipe.start_from`` when it is set.
     """
     if mode != "instance":
         return base, Recipe({}, ["semantic labels: the preset as it is"])
@@ -82,11 +85,13 @@ def choose_settings(
     if stats.objects == 0:
         return base, Recipe({}, ["no objects annotated yet: the preset as it is"], stats)
     max_tile = min(min(np.shape(lab)[-2:]) for lab in labels)
+    start = builtin_start(stats, in_channels) if builtin_allowed and new_network else None
     speeds = None
-    if new_network and base.minutes is not None and base.iterations is None:
+    if new_network and start is None and base.minutes is not None and base.iterations is None:
         speeds = (measure or measure_steps_per_s)(base, in_channels)
     recipe = choose_recipe(
         stats, config=base.config(in_channels), tile_size=base.tile_size,
         max_tile=max(max_tile, base.tile_size), steps_per_s=speeds, minutes=base.minutes,
+        start=start,
     )  # fmt: skip
     return base.replace(**recipe.changes), recipe

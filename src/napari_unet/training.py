@@ -370,6 +370,16 @@ class LastWriter:
             )  # fmt: skip
 
 
+def _start_name(init_model: UNet | str | Path | None) -> str | None:
+    """What a fine-tuned model records it started from: the built-in name or file, or
+    the starting model's own name; None for a new network."""
+    if init_model is None:
+        return None
+    if isinstance(init_model, (str, Path)):
+        return str(init_model)
+    return getattr(init_model.info, "name", None) or "a model in memory"
+
+
 def _resolve_init(init_model: UNet | str | Path | None):
     """(init model or None, its classes or None, the normalisation to use or None)."""
     if init_model is None:
@@ -576,6 +586,7 @@ def train_iter(
         torch.set_num_threads(settings.threads)
     rng, generator = _seeded(settings.seed, device, ranks)
 
+    started_from = _start_name(init_model)
     init_model, state = _resume_or_init(resume, init_model)
     init_model, n_classes, normalization = _resolve_init(init_model)
     load = functools.partial(
@@ -587,6 +598,8 @@ def train_iter(
     # rank 0 chooses (it may measure the machine); every rank runs the same way
     run = ddp.broadcast(run_settings(model, device, settings) if ranks.is_main else None, ranks)
     model.info.training = _training_info(settings, mode, run, device, ranks)
+    if started_from is not None:
+        model.info.training["started_from"] = started_from
     model = model.to(memory_format=run.memory_format)
     model.train()
     net = _data_parallel(model, ranks, device)

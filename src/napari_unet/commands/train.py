@@ -59,10 +59,12 @@ def register(subparsers) -> None:
         "--start-from",
         "--init",
         dest="init",
-        default="new",
+        default="auto",
         help="new (a random network), a built-in model (nuclei), a model file or a "
         "bioimage.io package to fine-tune; its width, depth, normalisation and "
-        "post-processing are kept, the post-processing re-tuned on validation data "
+        "post-processing are kept, the post-processing re-tuned on validation data. "
+        "auto: without --preset, the built-in nuclei model when the labels look like its "
+        "training data (one channel, separate objects 8-50 px across), else new "
         "(default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -236,10 +238,10 @@ def _inputs(args: argparse.Namespace, settings):
     paths and --out."""
     from ..model_io import check_model_destination, read_model_info
 
-    if args.resume is not None and args.init != "new":
+    if args.resume is not None and args.init not in ("new", "auto"):
         raise ValueError("--resume continues a run; it cannot be combined with --start-from")
     pairs = find_pairs(args.images, args.labels)
-    init = None if args.init == "new" else args.init
+    init = None if args.init in ("new", "auto") else args.init
     if args.resume is not None:
         from ..checkpoints import load_train_state
 
@@ -303,8 +305,11 @@ def _train(args: argparse.Namespace, chosen=None, ranks=None) -> int:
         say(f"resuming the run in {args.resume}")
     reasons = None
     if args.preset is None:
-        settings, reasons, summary = _with_recipe(settings, overrides, labels, args, ranks)
+        chosen = _with_recipe(settings, overrides, images, labels, args, ranks)
+        settings, reasons, summary, start = chosen
         say(summary)
+        if start is not None:
+            init = start
     if ranks.distributed:
         say(_distributed_summary(settings, ranks))
 
@@ -360,22 +365,28 @@ def _train(args: argparse.Namespace, chosen=None, ranks=None) -> int:
     return 0
 
 
-def _with_recipe(settings, overrides: dict, labels, args: argparse.Namespace, ranks):
-    """(settings, reasons, summary line) of the recipe for ``labels``; settings given on
-    the command line (``overrides``) win. Rank 0 chooses (it times steps), every rank
-    takes its choice."""
+def _with_recipe(settings, overrides: dict, images, labels, args: argparse.Namespace, ranks):
+    """(settings, reasons, summary line, built-in model to start from or None) of the
+    recipe for ``labels``; settings given on the command line (``overrides``) win.
+    Rank 0 chooses (it times steps), every rank takes its choice."""
+    import numpy as np
+
     from ..ddp import broadcast
 
     chosen = None
     if ranks.is_main:
         from ..train_recipe import choose_settings
 
-        new_network = args.init == "new" and args.resume is None
+        new_network = args.init in ("new", "auto") and args.resume is None
+        # a network shape given on the command line asks for a new network of that shape
+        builtin_allowed = args.init == "auto" and not {"base_channels", "depth"} & set(overrides)
+        one_channel = all(np.ndim(i) == np.ndim(lab) for i, lab in zip(images, labels))
         settings, recipe = choose_settings(
-            labels, base=settings, mode=args.mode, new_network=new_network
-        )
+            labels, base=settings, mode=args.mode, new_network=new_network,
+            builtin_allowed=builtin_allowed, in_channels=1 if one_channel else 2,
+        )  # fmt: skip
         summary = recipe.summary() + ("; " + _given(overrides) if overrides else "")
-        chosen = (settings.replace(**overrides), recipe.reasons, summary)
+        chosen = (settings.replace(**overrides), recipe.reasons, summary, recipe.start_from)
     return broadcast(chosen, ranks)
 
 

@@ -265,6 +265,12 @@ class ShownStep(StepRecord):
         return cls(**{**values, "preview_model": None}, preview=preview, recipe=recipe)
 
 
+def _in_channels(images: list[np.ndarray], labels: list[np.ndarray]) -> int:
+    """1 when every image has its labels' dimensions (no channel axis), else 2 (some
+    number of channels above one: all the recipe needs to know)."""
+    return 1 if all(np.ndim(i) == np.ndim(lab) for i, lab in zip(images, labels)) else 2
+
+
 def train_job(
     images: list[np.ndarray],
     labels: list[np.ndarray],
@@ -274,6 +280,7 @@ def train_job(
     settings: Any,
     init_model: Any = None,
     choose_recipe: bool = False,
+    builtin_allowed: bool = False,
     should_stop: Callable[[], bool] | None = None,
     refresh: Callable[[], tuple | None] | None = None,
     preview: PreviewSource | None = None,
@@ -291,7 +298,8 @@ def train_job(
     ``choose_recipe``: ``settings`` is the base that
     :func:`napari_unet.train_recipe.choose_settings` adapts to the annotation and the
     machine; the first step carries the choice's summary (``recipe``) and the model
-    keeps its reasons (``info.training["recipe"]``).
+    keeps its reasons (``info.training["recipe"]``). With ``builtin_allowed`` (and no
+    ``init_model``) the recipe may start from a built-in model instead of a new network.
     """
     import torch
 
@@ -303,8 +311,11 @@ def train_job(
         from ..train_recipe import choose_settings
 
         settings, recipe = choose_settings(
-            labels, masks, base=settings, mode=mode, new_network=init_model is None
-        )
+            labels, masks, base=settings, mode=mode, new_network=init_model is None,
+            builtin_allowed=builtin_allowed, in_channels=_in_channels(images, labels),
+        )  # fmt: skip
+        if recipe.start_from is not None:
+            init_model = recipe.start_from  # a built-in name: train_iter loads it
     run = train_iter(
         images, labels, masks=masks, mode=mode, settings=settings, init_model=init_model,
         should_stop=should_stop, refresh=refresh,

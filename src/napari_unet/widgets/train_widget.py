@@ -61,7 +61,7 @@ from .model_store import model_store
 from .suggest_panel import SuggestPanel
 
 #: where training starts: a new network, or fine-tuning one of these
-START_FROM = ("new network", "built-in nuclei", "current model", "file...")
+START_FROM = ("auto", "new network", "built-in nuclei", "current model", "file...")
 #: the preset choice whose settings are chosen from the annotation and the machine
 AUTO = "auto"
 METRIC_NAMES = {"ap50": "AP@0.5", "iou": "IoU"}  # shown on the plot (values in 0..1)
@@ -148,8 +148,10 @@ class TrainWidget(Container):
             :data:`napari_unet.training.PRESETS` entry.
         budget, budget_unit: training length in minutes or iterations.
         device: "auto" or a device name.
-        start_from: a new network, or fine-tuning the built-in nuclei model, the
-            current model or a model file / bioimage.io package (:data:`START_FROM`).
+        start_from: "auto" (with the auto preset: the built-in nuclei model when the
+            annotation looks like its training data, else a new network), a new network,
+            or fine-tuning the built-in nuclei model, the current model or a model file /
+            bioimage.io package (:data:`START_FROM`).
         live_preview: show the model's prediction of the visible region while training.
         train_button, stop_button: start; stop between two steps keeping the model.
         progress, status, metrics, plot: live feedback.
@@ -192,7 +194,9 @@ class TrainWidget(Container):
         self.start_from = ComboBox(
             label="start from", choices=list(START_FROM),
             tooltip="fine-tune: the network, normalisation and classes of the starting model "
-            "are kept; the segmentation settings are tuned again",
+            "are kept; the segmentation settings are tuned again. auto (with the auto "
+            "preset): the built-in nuclei model when your objects look like nuclei (one "
+            "channel, separate, 8-50 px across), else a new network",
         )  # fmt: skip
         self.live_preview = CheckBox(text="live preview of the visible region", value=True)
         self.train_button = PushButton(text="Train")
@@ -371,6 +375,7 @@ class TrainWidget(Container):
             settings=settings,
             init_model=init_model,
             choose_recipe=self.preset.value == AUTO,
+            builtin_allowed=self.preset.value == AUTO and self.start_from.value == "auto",
             should_stop=lambda: self._stop_requested,
             refresh=partial(self._refresh, pairs),
             preview=preview,
@@ -382,7 +387,8 @@ class TrainWidget(Container):
         )
 
     def starting_model(self) -> Any:
-        """The model chosen in ``start_from``: None (a new network), the current model, the
+        """The model chosen in ``start_from``: None (a new network, or "auto", which the
+        recipe may turn into the built-in model when training starts), the current model, the
         built-in nuclei model or a file/bioimage.io package; False when the file dialog
         is cancelled. BadChoice (one sentence) when it cannot be had."""
         from ..model_io import ModelFileError, load_model
