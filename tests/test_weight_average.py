@@ -33,6 +33,20 @@ def test_returned_weights_are_the_moving_average_of_the_plain_run():
     assert not torch.equal(averaged.state_dict()[key], steps[-1][key])  # not the last step
 
 
+def test_a_resumed_run_carries_its_moving_average_on(tmp_path):
+    from napari_unet.checkpoints import load_train_state
+
+    image, labels = make_sample((128, 128), n_objects=8, seed=0)
+    settings = SETTINGS.replace(ema=0.7, iterations=2)
+    drain(train_iter([image], [labels], settings=settings, out_dir=tmp_path))
+    state = load_train_state(tmp_path)[1]
+    assert int(state["ema"]["n_averaged"]) == 2
+    more = settings.replace(iterations=5)
+    drain(train_iter([image], [labels], settings=more, resume=tmp_path, out_dir=tmp_path))
+    # 5 steps averaged: the average went on from the saved one (afresh it would hold 3)
+    assert int(load_train_state(tmp_path)[1]["ema"]["n_averaged"]) == 5
+
+
 @pytest.mark.parametrize("ema", [-0.1, 1.0])
 def test_ema_outside_zero_to_one_is_refused(ema):
     with pytest.raises(ValueError, match="ema must be a number in"):

@@ -53,8 +53,11 @@ def save_last(
     iteration: int,
     world_size: int,
     folder: Path,
+    averaged: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``last.train_state.pt`` then ``last.safetensors`` into ``folder``."""
+    """Write ``last.train_state.pt`` then ``last.safetensors`` into ``folder``;
+    ``averaged``: the moving average of the weights (``AveragedModel.state_dict()``,
+    with ``TrainSettings.ema``), kept so that a resumed run carries it on."""
     state = {
         "iteration": iteration,
         "optimizer_name": type(optimizer).__name__.lower(),
@@ -62,6 +65,8 @@ def save_last(
         "scaler": scaler.state_dict(),
         "world_size": world_size,
     }
+    if averaged is not None:
+        state["ema"] = averaged
     path = folder / TRAIN_STATE_NAME
     try:
         with atomic_write(path) as temporary:

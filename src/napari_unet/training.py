@@ -319,6 +319,16 @@ class WeightAverage:
         if self.averaged is not None:
             self.averaged.update_parameters(model)
 
+    def state(self) -> dict | None:
+        """The average's state (weights and how many steps it holds), None without one."""
+        return None if self.averaged is None else self.averaged.state_dict()
+
+    def restore(self, state: dict | None) -> None:
+        """Carry on a resumed run's average (from :meth:`state`); a run saved without
+        one (or before averages were stored) starts it afresh."""
+        if self.averaged is not None and state and "ema" in state:
+            self.averaged.load_state_dict(state["ema"])
+
 
 class BestTracker:
     """The best model by validation so far (its score, metrics and weights) and the
@@ -358,15 +368,15 @@ class LastWriter:
     """Writes ``last.safetensors`` and ``last.train_state.pt`` (the optimiser and scaler
     state, for resuming) into ``out_dir``; nothing without one."""
 
-    def __init__(self, out_dir: Path | None, optimizer, scaler, world_size: int):
+    def __init__(self, out_dir: Path | None, optimizer, scaler, world_size: int, weights):
         self.out_dir, self.optimizer, self.scaler = out_dir, optimizer, scaler
-        self.world_size = world_size
+        self.world_size, self.weights = world_size, weights
 
     def write(self, model: UNet, iteration: int) -> None:
         if self.out_dir is not None:
             checkpoints.save_last(
                 model, self.optimizer, self.scaler, iteration=iteration,
-                world_size=self.world_size, folder=self.out_dir,
+                world_size=self.world_size, folder=self.out_dir, averaged=self.weights.state(),
             )  # fmt: skip
 
 
@@ -608,6 +618,7 @@ def train_iter(
     weights = WeightAverage(model, settings.ema)
     scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
     iteration = _restore(state, optimizer, scaler)
+    weights.restore(state)
     out_dir = Path(out_dir) if out_dir is not None and ranks.is_main else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -619,7 +630,7 @@ def train_iter(
     preview = Every(settings.preview_every_s, start)
     refresh_clock = Every(settings.refresh_every_s, start)
     loss, notice = float("nan"), None
-    last = LastWriter(out_dir, optimizer, scaler, ranks.world_size)
+    last = LastWriter(out_dir, optimizer, scaler, ranks.world_size, weights)
 
     try:
         while True:
