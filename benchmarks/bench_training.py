@@ -148,37 +148,39 @@ def evaluate_held_out(model, held_out) -> dict[str, float]:
     }
 
 
-def accuracy_settings(args, train_pairs, seed: int) -> tuple[TrainSettings, list[str] | None]:
+def accuracy_settings(args, train_pairs, seed: int):
     """The settings ``napari-unet train`` would use: ``--preset auto`` (the default) is
-    the CLI without ``--preset`` (the recipe chosen from the training labels and the
-    machine, :func:`napari_unet.train_recipe.choose_settings`); a named preset is used
-    as it is. Returns (settings, the recipe's reasons or None)."""
+    the CLI without ``--preset`` and ``--start-from`` (the recipe chosen from the
+    training labels and the machine, :func:`napari_unet.train_recipe.choose_settings`,
+    which may start from a built-in model); a named preset is used as it is. Returns
+    (settings, the recipe's reasons or None, the model to start from or None)."""
     changes = {"minutes": args.minutes, "iterations": None, "preview_every_s": args.snapshot_s}
     changes["seed"] = seed
     for item in args.set or []:
         key, value = item.split("=", 1)
         changes[key] = json.loads(value)
+    given = None if args.init in ("auto", "new") else args.init
     if args.preset != "auto":
-        return PRESETS[args.preset].replace(**changes), None
+        return PRESETS[args.preset].replace(**changes), None, given
     from napari_unet.train_recipe import choose_settings
 
     settings, recipe = choose_settings(
         [p[1] for p in train_pairs], base=PRESETS["fast"].replace(**changes),
-        new_network=args.init is None,
+        new_network=given is None, builtin_allowed=args.init == "auto",
     )  # fmt: skip
     print(recipe.summary())
-    return settings, recipe.reasons
+    return settings, recipe.reasons, given or recipe.start_from
 
 
 def accuracy_run(args, train_pairs, held_out, seed: int) -> dict:
     """One training run of ``args.minutes`` with ``seed``; held-out scores of its
     snapshots and of the model it returns."""
-    settings, reasons = accuracy_settings(args, train_pairs, seed)
-    print(f"seed {seed}: settings {settings.to_dict()}")
+    settings, reasons, init = accuracy_settings(args, train_pairs, seed)
+    print(f"seed {seed}: start from {init or 'a new network'}, settings {settings.to_dict()}")
     snapshots, records, prep_s = [], [], None
     begin = time.perf_counter()
     images, labels = [p[0] for p in train_pairs], [p[1] for p in train_pairs]
-    run = train_iter(images, labels, settings=settings, init_model=args.init)
+    run = train_iter(images, labels, settings=settings, init_model=init)
 
     def keep(record) -> None:
         nonlocal prep_s
@@ -215,6 +217,7 @@ def accuracy_run(args, train_pairs, held_out, seed: int) -> dict:
         "seed": seed,
         "settings": settings.to_dict(),
         "recipe": reasons,
+        "started_from": init,
         "steps": records[-1].iteration,
         "prep_s": prep_s,
         "curve": curve,
@@ -234,8 +237,6 @@ def accuracy(args) -> None:
     train_pairs, held_out = load_split(Path(args.data))
     print(f"machine: {machine()}")
     print(f"{len(train_pairs)} training / {len(held_out)} held-out images; preset {args.preset}")
-    if args.init:
-        print(f"starting from {args.init}")
     runs = [accuracy_run(args, train_pairs, held_out, seed) for seed in args.seeds]
     summary = {
         metric: spread([run["returned"][metric] for run in runs])
@@ -336,7 +337,10 @@ def main(argv=None) -> int:
         help="auto (default: as napari-unet train without --preset) or a preset name",
     )  # fmt: skip
     a.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
-    a.add_argument("--init", help="model file or built-in name to fine-tune (default: new)")
+    a.add_argument(
+        "--init", default="auto",
+        help="as train --start-from: auto (default), new, a model file or built-in name",
+    )  # fmt: skip
     a.add_argument("--snapshot-s", type=float, default=120.0)
     a.add_argument("--set", action="append", help="override a setting: key=json_value")
     a.add_argument("--json", help="write the results here")

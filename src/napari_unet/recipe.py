@@ -149,9 +149,8 @@ def builtin_start(stats: AnnotationStats, in_channels: int = 1) -> tuple[str, st
     if in_channels != 1 or stats.dense or not low <= stats.median_diameter <= high:
         return None
     return "nuclei", (
-        f"one channel, separate objects {stats.median_diameter:.0f} px across, like the "
-        "built-in nuclei model's training data: fine-tuning it (start from 'new' to train "
-        "a new network)"
+        f"one channel, {stats.median_diameter:.0f} px objects like the built-in nuclei "
+        "model's: fine-tuning it (start from 'new' for a new network)"
     )
 
 

@@ -204,7 +204,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(value=0, max=PROGRESS_STEPS, visible=False)
         self.status = fixed_lines(Label(), 2)  # live text: never re-lays out the dock
         self.metrics = fixed_lines(Label(), 3)
-        self.recipe_info = fixed_lines(Label(), 4)
+        self.recipe_info = fixed_lines(Label(), 6)
         self.recipe_info.visible = False
         self.model_info = Label(label="model")
         self.save_button = PushButton(text="Save model...", enabled=False)
