@@ -203,6 +203,17 @@ def test_stacks_and_semantic_models_in_one_process(data, tmp_path):
     assert np.array_equal(target.level0(mode="r")[...], expected)
 
 
+def test_test_time_augmentation_reaches_the_blocks(data, tmp_path):
+    """Blocks run every tile once per flip, as the in-memory path does: the same labels
+    as ``segment(..., tta="flips")``, which differ from those without TTA."""
+    image_path = write_ome(tmp_path / "image.zarr", data["image"], "yx")
+    target = run(data, image_path, tmp_path / "out.zarr", tta="flips")
+    expected = segment(data["model"], data["image"], threshold=data["threshold"], tta="flips",
+                       **EXACT)  # fmt: skip
+    assert not np.array_equal(expected, data["reference"])
+    assert np.array_equal(target.level0(mode="r")[...], expected)
+
+
 def test_bad_input_one_sentence_and_nothing_changed(data, tmp_path, capsys):
     image_path = write_ome(tmp_path / "image.zarr", data["image"], "yx")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

@@ -108,7 +108,8 @@ def segment_dataset_iter(
         on_message: called with one-line notes (cluster choice, dashboard link, resumed
             blocks, files skipped).
         settings: ``device``, ``precision``, ``tile_size``, ``batch_size``,
-            ``channels_last`` (None: measured on this machine, then used by every worker).
+            ``channels_last`` (None: measured on this machine, then used by every worker),
+            ``tta`` (test-time augmentation, :data:`napari_unet.tta.MODES`; default none).
 
     Yields:
         (done, total) tasks (bands, then block writes); for a set of files, files.
@@ -228,6 +229,7 @@ def make_plan(image, model, out, name, channel_axis, block_size, threshold, expa
         "channels_last": predictor.settings.channels_last,
         "batch_size": predictor.settings.batch_size,
         "tile_size": tile,
+        "tta": predictor.tta,
     }
     grid = BandGrid.of(tile_layout(spatial[-2:], tile, net.config), block_size)
     target = ngff.label_target(source, spatial, out, name, grid.block_shape)
@@ -279,6 +281,7 @@ def check_existing(target: ngff.LabelTarget, run: dict, overwrite: bool) -> bool
             "--name or pass --overwrite to replace it"
         )
     stored = {k: v for k, v in existing.items() if k != "complete"}
+    stored.setdefault("tta", "none")  # written before runs recorded their TTA
     if stored != json.loads(json.dumps(run)):
         changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
         raise ValueError(

@@ -64,6 +64,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), help="autocast (default: per device)"
     )
+    parser.add_argument(
+        "--tta", choices=("none", "flips", "d4"), default="none",
+        help="test-time augmentation: average 4 flips or 8 flips/rotations per tile "
+        "(4x or 8x the time) (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--min-size", type=int, help="drop smaller objects, px (default: 10)")
     parser.add_argument("--expand", type=int, help="grow objects by N px (default: the model's)")
     parser.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "device": args.device,
         "precision": args.precision,
+        "tta": args.tta,
     }
     with LazyBar(desc="blocks", unit="task", file=sys.stderr) as bar:
         result = segment_dataset(
