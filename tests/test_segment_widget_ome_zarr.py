@@ -197,3 +197,35 @@ def test_cancel_leaves_the_layers_and_the_next_run_asks(
     run(widget, qtbot)
     assert asked == [f"labels/unet in {path}"]
     np.testing.assert_array_equal(read_back(path / "labels" / "unet")[0], segment(model, image))
+
+
+def test_test_time_augmentation_when_saving_into_the_ome_zarr(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    """The flips reach the blocks (the labels are segment's with TTA); the uncertainty
+    layer, which that path does not make, is refused in one sentence."""
+    image = make_sample((200, 180), n_objects=20, seed=5)[0]
+    path = write_ome(tmp_path / "cells.ome.zarr", image, "yx")
+    model = model_with_stored_postprocessing()
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ome-zarr")
+    layer = next(layer for layer in viewer.layers if isinstance(layer, Image))
+    model_store(viewer).set(model, "test")
+    widget = SegmentWidget(viewer)
+    widget.image_layer.value = layer
+    widget.ome_zarr.write.value = True
+    widget.tta.mode.value = "flips"
+    errors = []
+    monkeypatch.setattr(segment_widget, "show_error", errors.append)
+    run(widget, qtbot)  # "also show uncertainty" is ticked
+    assert errors == [
+        "the uncertainty layer is not offered when saving into the OME-Zarr: untick one of the two"
+    ]
+    assert not (path / "labels").exists()
+    widget.tta.show_uncertainty.value = False
+    run(widget, qtbot)
+    expected = segment(model, image, tta="flips")
+    assert not np.array_equal(expected, segment(model, image))
+    np.testing.assert_array_equal(
+        read_back(path / "labels" / widget.ome_zarr.label_name.value)[0], expected
+    )

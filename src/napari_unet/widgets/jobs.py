@@ -194,7 +194,7 @@ def temporary_labels(shape: tuple[int, ...]) -> Any:
 
 
 def segment_ome_zarr_job(
-    model: Any, image: str, *, name: str, overwrite: bool
+    model: Any, image: str, *, name: str, overwrite: bool, tta: str = "none"
 ) -> Generator[tuple[int, int], None, Any]:
     """Segment the OME-Zarr image at ``image`` block by block in this process
     (:func:`napari_unet.distributed.segment_dataset_iter`) into its own ``labels/<name>``;
@@ -204,6 +204,7 @@ def segment_ome_zarr_job(
     Args:
         model: the in-memory model (saved to a temporary file the blocks load).
         overwrite: replace labels of that name (the caller asked the user).
+        tta: test-time augmentation mode (:data:`napari_unet.tta.MODES`).
 
     Yields:
         (done, total) block tasks.
@@ -221,7 +222,7 @@ def segment_ome_zarr_job(
         path = save_model(model, Path(folder) / "model.safetensors")
         return (
             yield from segment_dataset_iter(
-                image, path, image, name=name, cluster="none", overwrite=overwrite
+                image, path, image, name=name, cluster="none", overwrite=overwrite, tta=tta
             )
         )
 

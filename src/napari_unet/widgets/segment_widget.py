@@ -195,10 +195,10 @@ class SegmentWidget(Container):
             if model is None:
                 raise BadChoice("no model loaded: train one in 'Train U-Net' or load a file")
             request = self.ome_zarr.request(layer, self.native, model.config.in_channels)
-            if request is not None and self.tta.mode.value != "none":
+            if request is not None and self.tta.wants_uncertainty:
                 raise BadChoice(
-                    "test-time augmentation is not offered when saving into the OME-Zarr: "
-                    "choose 'none' or untick saving"
+                    "the uncertainty layer is not offered when saving into the OME-Zarr: "
+                    "untick one of the two"
                 )
             # the OME-Zarr path reads the file itself (all channels): the layer places it
             source = layer if request else image_input(layer, model.config.in_channels)
@@ -209,6 +209,7 @@ class SegmentWidget(Container):
         if request is not None:
             job, args = segment_ome_zarr_job, (model, request.store)
             options = {"name": request.name, "overwrite": request.overwrite}
+            options["tta"] = self.tta.mode.value
         else:
             lazy = not isinstance(source.data, np.ndarray)
             job, args = segment_job, (model, source.data)
