@@ -1,12 +1,13 @@
 """Reproduce the built-in ``nuclei`` model (src/napari_unet/models/nuclei.safetensors).
 
 Trains (in two stages, see docs/models.md) the ``fast`` preset (base_channels 16,
-depth 3) on the DSB 2018 fluorescence nuclei (CC0) in ``../shared/data/dsb2018/train`` (images/NAME.tif + labels/NAME.tif),
-holding out every 5th file in name order exactly as benchmarks/bench_training.py does,
-then segments the held-out images with the trained model's own settings and reports
-AP@0.5 and AP@0.75 (:func:`napari_unet.metrics.average_precision`). The held-out scores,
-the data, its licence and the machine are stored in the model
-(``info.history["held_out"]``, ``info.training``), and everything is written as JSON::
+depth 3) on the DSB 2018 fluorescence nuclei (CC0) in ``../shared/data/dsb2018/train``
+(images/NAME.tif + labels/NAME.tif), holding out every 5th file in name order exactly
+as benchmarks/bench_training.py does, then segments the held-out images with the
+trained model's own settings and reports AP@0.5 and AP@0.75
+(:func:`napari_unet.metrics.average_precision`). The held-out scores, the data, its
+licence and the machine are stored in the model (``info.history["held_out"]``,
+``info.training``), and everything is written as JSON::
 
     python scripts/train_builtin_nuclei.py --minutes 37 --threads 1 --seed 0 \
         --json stage1.json --out stage1.safetensors
