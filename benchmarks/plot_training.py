@@ -3,6 +3,7 @@
 python benchmarks/plot_training.py augmentation docs/images/augmentation_preview.png
 python benchmarks/plot_training.py modes docs/images/annotation_modes.png
 python benchmarks/plot_training.py curve docs/images/ap_vs_minutes.png dsb.json [more.json]
+python benchmarks/plot_training.py seeds docs/images/auto_3seeds.png dsb.json isbi.json
 """
 
 from __future__ import annotations
@@ -139,6 +140,45 @@ def curve(path: str, *results: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+#: issue #16's targets for 10 minutes with the CLI defaults: (metric, target)
+TARGETS = {"dsb2018": ("ap50", 0.85), "isbi2012": ("rand_error", 0.04)}
+
+
+def seeds(path: str, *results: str) -> None:
+    """One panel per multi-seed ``bench_training.py accuracy`` JSON: the held-out score
+    of each seed's snapshots against minutes, its returned model (the best by internal
+    validation) as a star, and the issue's target."""
+    fig, axes = plt.subplots(1, len(results), figsize=(7.2 * len(results), 3.8), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        data = json.loads(Path(result).read_text())
+        name = data["data"].rstrip("/").split("/")[-2]
+        metric, target = next((v for k, v in TARGETS.items() if k in name), ("ap50", None))
+        for run in data["runs"]:
+            points = run["curve"]
+            minutes, values = [p["minutes"] for p in points], [p[metric] for p in points]
+            label = f"seed {run['seed']} ({run['steps']} steps)"
+            line = ax.plot(minutes[:-1], values[:-1], "o-", alpha=0.7, label=label)
+            ax.plot(
+                points[-1]["minutes"], points[-1][metric], "*", ms=14, color=line[0].get_color()
+            )
+        summary = data["summary"][metric]
+        if target is not None:
+            ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target}")
+        mean = f"returned, mean of {len(data['runs'])}: {summary['mean']:.3f}"
+        ax.axhline(summary["mean"], color="black", ls=":", lw=1, label=mean)
+        start = data["runs"][0].get("started_from") or "a new network"
+        ax.set_title(f"{name}, CLI defaults (start: {start})", fontsize=9)
+        ax.set_xlabel("training minutes (2-core CPU, no native bf16)")
+        label = {"ap50": "held-out AP@0.5 (higher is better)",
+                 "rand_error": "held-out Rand error (lower is better)"}[metric]  # fmt: skip
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("snapshots (dots) and the model training returns (stars)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
-    {"augmentation": augmentation, "modes": modes, "curve": curve}[what](*args)
+    {"augmentation": augmentation, "modes": modes, "curve": curve, "seeds": seeds}[what](*args)

@@ -114,10 +114,11 @@ def test_bench_training_accuracy_and_plot_smoke(tmp_path):
     assert record["summary"]["ap50"]["mean"] == pytest.approx(sum(finals) / 2)
     assert record["summary"]["ap50"]["min"] == min(finals)
 
-    plot = tmp_path / "curve.png"
-    done = run_script("plot_training.py", "curve", str(plot), str(result))
-    assert done.returncode == 0, done.stderr
-    assert plot.read_bytes().startswith(b"\x89PNG")
+    for kind in ("curve", "seeds"):
+        plot = tmp_path / f"{kind}.png"
+        done = run_script("plot_training.py", kind, str(plot), str(result))
+        assert done.returncode == 0, done.stderr
+        assert plot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_sweep_postprocess_smoke(tmp_path, shared_data):
