@@ -92,7 +92,10 @@ def test_nuclei_like_annotations_start_from_the_builtin_model():
         nuclei, steps_per_s={16: 30.0, 32: 12.0}, minutes=10, start=(name, reason)
     )
     assert recipe.start_from == "nuclei" and "base_channels" not in recipe.changes
-    assert reason in recipe.summary()
+    assert reason in recipe.summary() and "lr" not in recipe.changes
+    slower = choose_recipe(nuclei, start=(name, reason), lr=0.002)
+    assert slower.changes["lr"] == pytest.approx(0.0005)
+    assert "learning rate 0.0005" in slower.summary()
 
 
 def test_builtin_start_only_when_allowed_and_then_no_width_is_measured(monkeypatch):
@@ -103,8 +106,8 @@ def test_builtin_start_only_when_allowed_and_then_no_width_is_measured(monkeypat
     monkeypatch.setattr(train_recipe, "measure_steps_per_s", lambda *a: calls.append(1) or {})
     labels = [make_nuclei(seed=0)[1]]
     base = PRESETS["fast"].replace(minutes=5.0, iterations=None)
-    _, recipe = train_recipe.choose_settings(labels, base=base, builtin_allowed=True)
-    assert recipe.start_from == "nuclei" and calls == []
+    settings, recipe = train_recipe.choose_settings(labels, base=base, builtin_allowed=True)
+    assert recipe.start_from == "nuclei" and calls == [] and settings.lr == base.lr / 4
     _, recipe = train_recipe.choose_settings(labels, base=base)
     assert recipe.start_from is None and calls == [1]
     _, recipe = train_recipe.choose_settings(

@@ -71,3 +71,20 @@ def test_start_from_a_missing_model_is_one_line(tmp_path, capsys):
     argv = ["train", *write_pairs(tmp_path, 1), "--out", str(tmp_path / "m.safetensors")]
     assert main([*argv, "--start-from", str(tmp_path / "nothing.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fine_tuning_keeps_the_starting_model_when_no_step_beats_it(one_torch_thread):
+    """The starting model is a validation candidate: 2 steps at a destructive learning
+    rate score worse, so training returns the weights it started from."""
+    from napari_unet.progress import drain
+    from napari_unet.sample_data import make_sample
+    from napari_unet.training import train_iter
+
+    image, labels = make_sample((128, 128), n_objects=10, seed=0)
+    settings = TINY.replace(val_fraction=0.5, iterations=60, seed=0)
+    start = drain(train_iter([image], [labels], settings=settings))
+    wrecked = settings.replace(iterations=2, lr=5.0, warmup=0.0)
+    returned = drain(train_iter([image], [labels], settings=wrecked, init_model=start))
+    assert returned.info.history["val"][0]["iteration"] == 0
+    for key, value in start.state_dict().items():
+        assert torch.equal(returned.state_dict()[key], value), key

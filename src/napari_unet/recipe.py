@@ -43,6 +43,11 @@ WIDE_MIN_STEPS = 4000
 #: median object diameters (px) the built-in ``nuclei`` model was trained on: the 5th
 #: to 95th percentile of the per-image medians of its DSB 2018 training images is 9-50 px
 BUILTIN_NUCLEI_DIAMETERS = (8.0, 50.0)
+#: fine-tuning a built-in model trains at this share of a new network's learning rate:
+#: continuing the built-in model at 5e-4 (a quarter of 2e-3) kept its validation AP while
+#: 1e-3 first dropped it by 0.09 (benchmarks/results/builtin_nuclei_candidate_C.log and
+#: builtin_nuclei.log, docs/models.md)
+FINE_TUNE_LR_SCALE = 0.25
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ def choose_recipe(
     steps_per_s: dict[int, float] | None = None,
     minutes: float | None = None,
     start: tuple[str, str] | None = None,
+    lr: float | None = None,
 ) -> Recipe:
     """Settings for an annotation described by ``stats`` on a machine that trains at
     ``steps_per_s`` ({base_channels: measured optimiser steps/s}) for ``minutes``.
@@ -172,7 +178,8 @@ def choose_recipe(
             tile grows when objects are too large for its output (None: never).
         max_tile: the largest input tile the planes allow (px: their shorter edge).
         start: :func:`builtin_start`'s choice, if the caller allows one: the model
-            keeps its own width, so none is chosen from ``steps_per_s``.
+            keeps its own width, so none is chosen from ``steps_per_s``, and it trains
+            at ``FINE_TUNE_LR_SCALE`` times the learning rate ``lr`` (when given).
     """
     changes: dict[str, Any] = {}
     reasons: list[str] = []
@@ -198,6 +205,9 @@ def choose_recipe(
             )
     if start is not None:
         reasons.append(start[1])
+        if lr is not None:
+            changes["lr"] = lr * FINE_TUNE_LR_SCALE
+            reasons.append(f"fine-tuning at learning rate {changes['lr']:g}")
     elif steps_per_s and minutes:
         width, why = _width_for(steps_per_s, minutes)
         changes["base_channels"] = width

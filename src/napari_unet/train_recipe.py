@@ -92,6 +92,6 @@ def choose_settings(
     recipe = choose_recipe(
         stats, config=base.config(in_channels), tile_size=base.tile_size,
         max_tile=max(max_tile, base.tile_size), steps_per_s=speeds, minutes=base.minutes,
-        start=start,
+        start=start, lr=base.lr,
     )  # fmt: skip
     return base.replace(**recipe.changes), recipe

@@ -554,7 +554,9 @@ def train_iter(
         mode: "instance" or "semantic" (scribbles).
         settings: a :class:`TrainSettings` (default ``PRESETS["fast"]``).
         init_model: a UNet or model file to fine-tune from (its width, depth,
-            normalisation and classes are kept; the optimiser starts afresh).
+            normalisation and classes are kept; the optimiser starts afresh). It is
+            validated before the first step, so it is returned (re-tuned) unless a
+            later step scores better on the validation planes.
         resume: a run's ``out_dir`` (or its ``last.safetensors``) to continue: its last
             weights, optimiser state and step count (``settings.iterations`` counts
             all steps); any number of ranks. Not together with ``init_model``.
@@ -631,6 +633,9 @@ def train_iter(
     refresh_clock = Every(settings.refresh_every_s, start)
     loss, notice = float("nan"), None
     last = LastWriter(out_dir, optimizer, scaler, ranks.world_size, weights)
+    if init_model is not None and ranks.is_main and val_planes:
+        # fine-tuning (or resuming) returns the starting model unless a step beats it
+        best.add(model, evaluate(Predictor(model, device, run), val_planes), iteration, 0.0)
 
     try:
         while True:
