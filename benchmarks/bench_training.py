@@ -162,11 +162,12 @@ def accuracy_settings(args, train_pairs, seed: int):
     given = None if args.init in ("auto", "new") else args.init
     if args.preset != "auto":
         return PRESETS[args.preset].replace(**changes), None, given
-    from napari_unet.train_recipe import choose_settings
+    from napari_unet.train_recipe import choose_settings, in_channels_hint
 
+    images, labels = [p[0] for p in train_pairs], [p[1] for p in train_pairs]
     settings, recipe = choose_settings(
-        [p[1] for p in train_pairs], base=PRESETS["fast"].replace(**changes),
-        new_network=given is None, builtin_allowed=args.init == "auto",
+        labels, base=PRESETS["fast"].replace(**changes), new_network=given is None,
+        builtin_allowed=args.init == "auto", in_channels=in_channels_hint(images, labels),
     )  # fmt: skip
     print(recipe.summary())
     return settings, recipe.reasons, given or recipe.start_from

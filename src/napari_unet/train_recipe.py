@@ -58,6 +58,12 @@ def measure_steps_per_s(
     return speeds
 
 
+def in_channels_hint(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> int:
+    """1 when every image has its labels' dimensions (no channel axis), else 2: some
+    number of channels above one, all :func:`builtin_start` needs to know."""
+    return 1 if all(np.ndim(i) == np.ndim(lab) for i, lab in zip(images, labels)) else 2
+
+
 def choose_settings(
     labels: Sequence[np.ndarray],
     masks: Sequence[np.ndarray | None] | None = None,

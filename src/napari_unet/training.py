@@ -381,13 +381,11 @@ class LastWriter:
 
 
 def _start_name(init_model: UNet | str | Path | None) -> str | None:
-    """What a fine-tuned model records it started from: the built-in name or file, or
-    the starting model's own name; None for a new network."""
+    """What a fine-tuned model records it started from: the built-in name or file (a
+    model object carries no name); None for a new network."""
     if init_model is None:
         return None
-    if isinstance(init_model, (str, Path)):
-        return str(init_model)
-    return getattr(init_model.info, "name", None) or "a model in memory"
+    return str(init_model) if isinstance(init_model, (str, Path)) else "a model in memory"
 
 
 def _resolve_init(init_model: UNet | str | Path | None):

@@ -305,8 +305,8 @@ def _train(args: argparse.Namespace, chosen=None, ranks=None) -> int:
         say(f"resuming the run in {args.resume}")
     reasons = None
     if args.preset is None:
-        chosen = _with_recipe(settings, overrides, images, labels, args, ranks)
-        settings, reasons, summary, start = chosen
+        recipe = _with_recipe(settings, overrides, images, labels, args, ranks)
+        settings, reasons, summary, start = recipe
         say(summary)
         if start is not None:
             init = start
@@ -369,21 +369,18 @@ def _with_recipe(settings, overrides: dict, images, labels, args: argparse.Names
     """(settings, reasons, summary line, built-in model to start from or None) of the
     recipe for ``labels``; settings given on the command line (``overrides``) win.
     Rank 0 chooses (it times steps), every rank takes its choice."""
-    import numpy as np
-
     from ..ddp import broadcast
 
     chosen = None
     if ranks.is_main:
-        from ..train_recipe import choose_settings
+        from ..train_recipe import choose_settings, in_channels_hint
 
         new_network = args.init in ("new", "auto") and args.resume is None
         # a network shape given on the command line asks for a new network of that shape
         builtin_allowed = args.init == "auto" and not {"base_channels", "depth"} & set(overrides)
-        one_channel = all(np.ndim(i) == np.ndim(lab) for i, lab in zip(images, labels))
         settings, recipe = choose_settings(
             labels, base=settings, mode=args.mode, new_network=new_network,
-            builtin_allowed=builtin_allowed, in_channels=1 if one_channel else 2,
+            builtin_allowed=builtin_allowed, in_channels=in_channels_hint(images, labels),
         )  # fmt: skip
         summary = recipe.summary() + ("; " + _given(overrides) if overrides else "")
         chosen = (settings.replace(**overrides), recipe.reasons, summary, recipe.start_from)

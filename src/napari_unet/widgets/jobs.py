@@ -266,12 +266,6 @@ class ShownStep(StepRecord):
         return cls(**{**values, "preview_model": None}, preview=preview, recipe=recipe)
 
 
-def _in_channels(images: list[np.ndarray], labels: list[np.ndarray]) -> int:
-    """1 when every image has its labels' dimensions (no channel axis), else 2 (some
-    number of channels above one: all the recipe needs to know)."""
-    return 1 if all(np.ndim(i) == np.ndim(lab) for i, lab in zip(images, labels)) else 2
-
-
 def train_job(
     images: list[np.ndarray],
     labels: list[np.ndarray],
@@ -309,11 +303,11 @@ def train_job(
     threads_before = torch.get_num_threads()
     recipe = None
     if choose_recipe:
-        from ..train_recipe import choose_settings
+        from ..train_recipe import choose_settings, in_channels_hint
 
         settings, recipe = choose_settings(
             labels, masks, base=settings, mode=mode, new_network=init_model is None,
-            builtin_allowed=builtin_allowed, in_channels=_in_channels(images, labels),
+            builtin_allowed=builtin_allowed, in_channels=in_channels_hint(images, labels),
         )  # fmt: skip
         if recipe.start_from is not None:
             init_model = recipe.start_from  # a built-in name: train_iter loads it
