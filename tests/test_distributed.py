@@ -306,3 +306,16 @@ def test_blocks_run_exactly_the_batches_of_the_whole_image_pass(data, tmp_path, 
     run(data, image_path, image_path, **settings)
     assert len(whole) > 4 and any(len(b) < 4 for b in whole)  # a short last batch
     assert set(batches) == whole  # every block batch is a whole-image batch, and all ran
+
+
+def test_an_unreachable_scheduler_leaves_no_thread_behind():
+    """distributed's Client, failing to connect, leaves its IO-loop thread running (in a
+    long napari session, or this test process, until exit); connect must not."""
+    import threading
+
+    from napari_unet.distributed import connect
+
+    before = set(threading.enumerate())
+    with pytest.raises(ValueError, match="cannot reach the dask scheduler at tcp://127"):
+        connect("tcp://127.0.0.1:1")
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []

@@ -130,7 +130,7 @@ def measure_local(model_path: str, settings: dict, workers: int) -> LocalMeasure
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
-    client = Client(cluster)
+    client = Client(cluster, set_as_default=False)
     try:
         client.run(tile_rate, model_path, settings, 0.0)  # imports and loads the model
         startup = time.perf_counter() - start

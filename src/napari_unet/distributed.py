@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ from .block_tasks import Plan, run_band, write_block
 WORK_FOLDER = ".napari-unet-work"
 DEFAULT_BLOCK_SIZE = 1024  # px: blocks of about 1024 x 1024 px per task
 CLUSTERS = ("none", "local")
+DEFAULT_SCHEDULER_PORT = 8786  # dask's, for an address given without a port
+CONNECT_TIMEOUT_S = 5
 
 
 # -- the Python function ---------------------------------------------------------------
@@ -312,15 +315,35 @@ def connect(cluster: Any, workers: int | None = None, notify=None):
         client, owned = cluster, False
     elif cluster == "local":
         local = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True)
-        client, owned = Client(local), True
+        client, owned = Client(local, set_as_default=False), True
     else:
-        try:
-            client, owned = Client(str(cluster), timeout="5s"), False
-        except (OSError, TimeoutError) as error:
-            raise ValueError(f"cannot reach the dask scheduler at {cluster}: {error}") from None
+        client, owned = _scheduler_client(str(cluster)), False
     if notify is not None:
         notify(f"dask dashboard: {client.dashboard_link}")
     return client, owned
+
+
+def _scheduler_client(address: str):
+    """A Client of the scheduler at ``address``, not made dask's default (napari's own
+    dask arrays keep computing here).
+
+    Raises:
+        ValueError: nothing answers there. A tcp or tls address is first tried with a
+            plain socket: distributed's Client starts its IO-loop thread before it
+            connects and leaves it running when it cannot, for as long as the process
+            lives (a napari session, a test run).
+    """
+    from distributed import Client
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            host_port = parse_host_port(location, default_port=DEFAULT_SCHEDULER_PORT)
+            socket.create_connection(host_port, timeout=CONNECT_TIMEOUT_S).close()
+        return Client(address, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
+    except (OSError, TimeoutError) as error:
+        raise ValueError(f"cannot reach the dask scheduler at {address}: {error}") from None
 
 
 # -- the run -----------------------------------------------------------------------------
