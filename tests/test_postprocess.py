@@ -105,3 +105,18 @@ def test_tune_instances_finds_the_threshold_that_splits_and_the_growth_that_fill
     )
     assert (best["threshold"], best["expand"]) == (0.7, 5)  # the first of equally good
     assert best["score"] == 0.0
+
+
+def test_growing_by_several_distances_at_once_equals_expand_labels():
+    from skimage.segmentation import expand_labels
+
+    from napari_unet.postprocess import grown_by_each
+
+    labels = np.zeros((40, 50), np.int32)
+    labels[5:9, 5:12], labels[20:23, 30:33], labels[30:38, 8:10] = 1, 7, 3
+    distances = (0, 1, 2, 4, 8, 16)
+    for grown, d in zip(grown_by_each(labels, distances), distances):
+        np.testing.assert_array_equal(grown, expand_labels(labels, distance=d))
+    assert all(g.dtype == labels.dtype for g in grown_by_each(labels, distances))
+    empty = np.zeros((6, 6), np.int32)
+    assert [g.sum() for g in grown_by_each(empty, distances)] == [0] * len(distances)

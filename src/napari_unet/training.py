@@ -46,12 +46,12 @@ from .progress import drain
 from .tiling import reflect_indices
 from .train_record import StepRecord
 from .train_settings import PRESETS, SELECT_BY, TrainSettings
-from .validation import _validation_set, evaluate, score, tune_postprocess
+from .validation import _validation_set, evaluate, score, tune_postprocess, validate
 
 __all__ = [
     "BEST_NAME", "LAST_NAME", "PRESETS", "SELECT_BY", "StepRecord", "TileSource",
     "TrainSettings", "_validation_set", "evaluate", "run_settings", "score", "split_planes",
-    "train", "train_iter", "tune_postprocess", "weighted_cross_entropy",
+    "train", "train_iter", "tune_postprocess", "validate", "weighted_cross_entropy",
 ]  # fmt: skip
 
 
@@ -510,14 +510,13 @@ def draw_batch(
     return x.contiguous(memory_format=run.memory_format), target, weight
 
 
-def _best_and_tuned(model: UNet, best: BestTracker, val_planes, device, run) -> UNet:
-    """``model`` with the best weights, and for instances the segmentation threshold and
-    growth that serve them best on ``val_planes`` (none: left as they are)."""
+def _best_and_tuned(model: UNet, best: BestTracker) -> UNet:
+    """``model`` with the best weights and, for instances, the segmentation threshold and
+    growth its validation was tuned to (none without validation: left as they are)."""
     if best.state is not None:
         model.load_state_dict(best.state)
-    if model.info.task == "instance" and val_planes:
-        predictor = Predictor(model, device, run)
-        tuned = tune_postprocess(predictor, val_planes, best.select_by)
+    if model.info.task == "instance" and best.metrics and "threshold" in best.metrics:
+        tuned = best.metrics
         model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
         model.info.history["postprocess_val"] = tuned
     return model
@@ -572,7 +571,8 @@ def train_iter(
             ``batch_size * world_size``), only rank 0 validates and writes files.
 
     Yields:
-        a :class:`StepRecord` per step (``val`` when validated, ``preview_model``
+        a :class:`StepRecord` per step (``val`` when validated: :func:`validate`'s
+        metrics, for instances with the threshold and growth tuned then; ``preview_model``
         every ``preview_every_s``, ``notice`` after a refresh whose data could not be
         used, also issued as a RuntimeWarning), and a last one with ``lr`` 0 and the
         closing validation when there are validation planes.
@@ -580,8 +580,8 @@ def train_iter(
     Returns:
         the best model by validation (the last one without validation data), on
         the training device, in eval mode. For instances, its ``info.postprocess``
-        holds the threshold and growth that scored best by ``settings.select_by``
-        on the validation planes (:func:`tune_postprocess`); rank 0 only.
+        holds the threshold and growth its validation was tuned to, the pair that
+        scored best by ``settings.select_by`` on the validation planes; rank 0 only.
 
     Raises:
         RankFailure: another rank failed; rank 0 has saved its files and the
@@ -633,7 +633,8 @@ def train_iter(
     last = LastWriter(out_dir, optimizer, scaler, ranks.world_size, weights)
     if init_model is not None and ranks.is_main and val_planes:
         # fine-tuning (or resuming) returns the starting model unless a step beats it
-        best.add(model, evaluate(Predictor(model, device, run), val_planes), iteration, 0.0)
+        start_metrics = validate(Predictor(model, device, run), val_planes, settings.select_by)
+        best.add(model, start_metrics, iteration, 0.0)
 
     try:
         while True:
@@ -661,7 +662,8 @@ def train_iter(
             now = time.perf_counter()
             record = StepRecord(iteration, loss, lr, now - start, budget.progress(iteration))
             if ranks.is_main and val_planes and validation.due(now, iteration):
-                metrics = evaluate(Predictor(weights.model, device, run), val_planes)
+                predictor = Predictor(weights.model, device, run)
+                metrics = validate(predictor, val_planes, settings.select_by)
                 best.add(weights.model, metrics, iteration, budget.elapsed())
                 last.write(best.stamp(model, iteration, budget.elapsed()), iteration)
                 spent, now = time.perf_counter() - now, time.perf_counter()
@@ -675,7 +677,7 @@ def train_iter(
         if not ranks.distributed:
             raise
         last.write(best.stamp(model, iteration, budget.elapsed()), iteration)
-        model = _best_and_tuned(model, best, [], device, run)
+        model = _best_and_tuned(model, best)
         if out_dir is not None and best.state is None:
             _save(model, out_dir / BEST_NAME)
         message = f"{ddp.failure_message(error)}; training ended after step {iteration}"
@@ -687,11 +689,11 @@ def train_iter(
         model.load_state_dict(weights.model.state_dict())
     val_planes = val_planes if ranks.is_main and iteration > 0 else []
     if val_planes:
-        final = evaluate(Predictor(model, device, run), val_planes)
+        final = validate(Predictor(model, device, run), val_planes, settings.select_by)
         best.add(model, final, iteration, budget.elapsed())
         yield StepRecord(iteration, loss, 0.0, budget.elapsed(), 1.0, val=final, best=best.score)
     last.write(best.stamp(model, iteration, budget.elapsed()), iteration)
-    model = _best_and_tuned(model, best, val_planes, device, run)
+    model = _best_and_tuned(model, best)
     if out_dir is not None and (best.state is None or model.info.postprocess):
         _save(model, out_dir / BEST_NAME)
     return _snapshot(model)
