@@ -799,3 +799,14 @@ def test_shapes_region_on_a_stack_marks_only_its_slice(
     widget.train()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert model_store(viewer).model is not None
+
+
+def test_validation_text_names_the_post_processing_it_was_scored_with():
+    from napari_unet.widgets.train_widget import _validation_text
+
+    scores = {"threshold": 0.4, "expand": 8, "ap50": 0.8, "iou": 0.9, "rand_error": 0.05}
+    assert _validation_text(scores).splitlines() == [
+        "AP@0.5 0.800 · IoU 0.900 · Rand error 0.050",
+        "(threshold 0.4, grow 8 px)",
+    ]
+    assert _validation_text({"iou": 0.5, "pixel_error": 0.1}) == "IoU 0.500 · pixel error 0.100"

@@ -65,6 +65,7 @@ START_FROM = ("auto", "new network", "built-in nuclei", "current model", "file..
 #: the preset choice whose settings are chosen from the annotation and the machine
 AUTO = "auto"
 METRIC_NAMES = {"ap50": "AP@0.5", "iou": "IoU"}  # shown on the plot (values in 0..1)
+TUNED_KEYS = ("threshold", "expand")  # a validation's post-processing, not a score
 PROGRESS_STEPS = 1000  # resolution of the progress bars
 STATUS_INTERVAL_S = 0.25  # least time between two updates of the status and progress bars
 
@@ -451,7 +452,7 @@ class TrainWidget(Container):
         if record.val is not None:
             shown = {METRIC_NAMES[k]: v for k, v in record.val.items() if k in METRIC_NAMES}
             self.plot.add_metrics(iteration, shown)
-            text = _metrics_text(record.val)
+            text = _validation_text(record.val)
             self.metrics.value = f"validation at step {iteration}:\n{text}"
         if record.preview is not None:
             self._show_preview(*record.preview)
@@ -627,6 +628,15 @@ def _device_choices() -> list[str]:
     from ..devices import available_devices
 
     return ["auto", *available_devices()]
+
+
+def _validation_text(metrics: dict[str, float]) -> str:
+    """A validation's scores, and the threshold and growth they were scored with
+    (instances: tuned at every validation)."""
+    text = _metrics_text({k: v for k, v in metrics.items() if k not in TUNED_KEYS})
+    if "threshold" in metrics:
+        text += f"\n(threshold {metrics['threshold']:g}, grow {metrics['expand']:g} px)"
+    return text
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
