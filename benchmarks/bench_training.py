@@ -45,10 +45,12 @@ from napari_unet.sample_data import make_sample
 from napari_unet.training import (
     PRESETS,
     TrainSettings,
+    score,
     split_planes,
     train_iter,
     tune_postprocess,
 )
+from napari_unet.validation import evaluate
 
 
 def machine() -> str:
@@ -203,11 +205,13 @@ def accuracy_run(args, train_pairs, held_out, seed: int) -> dict:
     curve = []
     for minutes, model in [*snapshots, (records[-1].elapsed / 60, final)]:
         model = model.cpu()
-        if not model.info.postprocess:
+        selection = {}
+        if model is not final:  # a snapshot holds the post-processing it started with
             predictor = Predictor.prepare(model, device="cpu")
             tuned = tune_postprocess(predictor, val_planes, settings.select_by)
+            selection = selection_scores(predictor, val_planes, tuned, settings.select_by)
             model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
-        scores = evaluate_held_out(model, held_out) | model.info.postprocess
+        scores = evaluate_held_out(model, held_out) | model.info.postprocess | selection
         curve.append({"minutes": minutes, **scores})
         print(f"  held-out @ {minutes:5.2f} min: {scores}")
     if args.save:
@@ -223,8 +227,42 @@ def accuracy_run(args, train_pairs, held_out, seed: int) -> dict:
         "prep_s": prep_s,
         "curve": curve,
         "returned": curve[-1],
+        "selection": selection_summary(curve, selected_metric(settings.select_by)),
         "loss": [(r.elapsed, r.loss) for r in records[:: max(1, len(records) // 500)]],
         "val": [r.val | {"elapsed": r.elapsed} for r in records if r.val is not None],
+    }
+
+
+def selection_scores(predictor, val_planes, tuned: dict, select_by: str) -> dict[str, float]:
+    """What each model-selection rule ranks a snapshot by, on the training's own
+    validation planes: ``val_stored`` with the fixed post-processing (threshold 0.5,
+    growth 1 px: the rule before validation was tuned), ``val_tuned`` with the threshold
+    and growth tuned there (``tuned``, :func:`tune_postprocess`'s result: today's rule,
+    :func:`napari_unet.validation.validate`). Higher is better (minus the Rand error
+    for ``select_by="rand_error"``)."""
+    stored = evaluate(predictor, val_planes)
+    return {"val_stored": score(stored, select_by), "val_tuned": score(tuned, select_by)}
+
+
+def selected_metric(select_by: str) -> str:
+    """The held-out metric that matches a run's ``select_by``."""
+    return "rand_error" if select_by == "rand_error" else "ap50"
+
+
+def selection_summary(curve: list[dict], metric: str) -> dict[str, float] | None:
+    """Held-out ``metric`` of the snapshot each rule picks (first of equals), and of the
+    best and worst snapshot (snapshots only: the returned model is not a candidate);
+    None without snapshots."""
+    candidates = [c for c in curve if "val_tuned" in c]
+    if not candidates:
+        return None
+    sign = -1 if metric == "rand_error" else 1
+    held = [c[metric] for c in candidates]
+    return {
+        "by_stored": max(candidates, key=lambda c: c["val_stored"])[metric],
+        "by_tuned": max(candidates, key=lambda c: c["val_tuned"])[metric],
+        "best": max(held, key=lambda v: sign * v),
+        "worst": min(held, key=lambda v: sign * v),
     }
 
 
@@ -248,6 +286,15 @@ def accuracy(args) -> None:
             f"returned model, {len(runs)} seed(s): {metric} {s['mean']:.4f} +- {s['std']:.4f} "
             f"(min {s['min']:.4f}, max {s['max']:.4f})"
         )
+    picks = [run["selection"] for run in runs if run["selection"]]
+    summary["selection"] = {
+        rule: spread([pick[rule] for pick in picks])
+        for rule in ("by_stored", "by_tuned", "best", "worst")
+        if picks
+    }
+    metric = selected_metric(runs[0]["settings"]["select_by"])
+    for rule, s in summary["selection"].items():
+        print(f"snapshot picked {rule}: held-out {metric} {s['mean']:.4f} +- {s['std']:.4f}")
     result = {
         "machine": machine(),
         "data": str(args.data),

@@ -100,8 +100,8 @@ def test_bench_training_accuracy_and_plot_smoke(tmp_path):
         tifffile.imwrite(data / "labels" / f"s{seed}.tif", labels)
     result = tmp_path / "accuracy.json"
     done = run_script(
-        "bench_training.py", "accuracy", "--data", str(data), "--minutes", "0.02",
-        "--snapshot-s", "1", "--seeds", "0", "1", "--json", str(result),
+        "bench_training.py", "accuracy", "--data", str(data), "--minutes", "0.04",
+        "--snapshot-s", "0.5", "--seeds", "0", "1", "--json", str(result),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "recipe chosen from the annotation" in done.stdout  # the CLI's default path
@@ -113,6 +113,11 @@ def test_bench_training_accuracy_and_plot_smoke(tmp_path):
     finals = [run["returned"]["ap50"] for run in runs]
     assert record["summary"]["ap50"]["mean"] == pytest.approx(sum(finals) / 2)
     assert record["summary"]["ap50"]["min"] == min(finals)
+    for run in runs:  # each selection rule picks one of the run's snapshots
+        picks, held_out = run["selection"], [p["ap50"] for p in run["curve"][:-1]]
+        assert held_out, "no snapshot to choose from"
+        assert picks["best"] == max(held_out) and picks["worst"] == min(held_out)
+        assert {picks["by_stored"], picks["by_tuned"]} <= set(held_out)
 
     for kind in ("curve", "seeds"):
         plot = tmp_path / f"{kind}.png"
