@@ -287,11 +287,8 @@ def accuracy(args) -> None:
             f"(min {s['min']:.4f}, max {s['max']:.4f})"
         )
     picks = [run["selection"] for run in runs if run["selection"]]
-    summary["selection"] = {
-        rule: spread([pick[rule] for pick in picks])
-        for rule in ("by_stored", "by_tuned", "best", "worst")
-        if picks
-    }
+    rules = ("by_stored", "by_tuned", "best", "worst") if picks else ()
+    summary["selection"] = {rule: spread([pick[rule] for pick in picks]) for rule in rules}
     metric = selected_metric(runs[0]["settings"]["select_by"])
     for rule, s in summary["selection"].items():
         print(f"snapshot picked {rule}: held-out {metric} {s['mean']:.4f} +- {s['std']:.4f}")

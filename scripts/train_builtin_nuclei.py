@@ -44,6 +44,7 @@ from bench_training import load_split  # noqa: E402
 from napari_unet import metrics  # noqa: E402
 from napari_unet.inference import segment  # noqa: E402
 from napari_unet.model_io import save_model  # noqa: E402
+from napari_unet.postprocess import without_settings  # noqa: E402
 from napari_unet.progress import drain  # noqa: E402
 from napari_unet.training import PRESETS, train_iter  # noqa: E402
 
@@ -98,7 +99,7 @@ def averaged(paths: list[Path], images, labels, settings) -> torch.nn.Module:
             }
             for p, m in zip(paths, models)
         ],
-        "best_val": {k: v for k, v in tuned.items() if k not in ("threshold", "expand")},
+        "best_val": without_settings(tuned),
     }
     print(f"averaged {len(models)} models; validation after tuning: {tuned}", flush=True)
     return soup

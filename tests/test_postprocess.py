@@ -120,3 +120,11 @@ def test_growing_by_several_distances_at_once_equals_expand_labels():
     assert all(g.dtype == labels.dtype for g in grown_by_each(labels, distances))
     empty = np.zeros((6, 6), np.int32)
     assert [g.sum() for g in grown_by_each(empty, distances)] == [0] * len(distances)
+
+
+def test_without_settings_keeps_the_scores_of_a_tuned_validation():
+    from napari_unet.postprocess import without_settings
+
+    tuned = {"threshold": 0.4, "expand": 8, "ap50": 0.8, "rand_error": 0.05}
+    assert without_settings(tuned) == {"ap50": 0.8, "rand_error": 0.05}
+    assert without_settings({"iou": 0.5}) == {"iou": 0.5}

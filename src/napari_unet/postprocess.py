@@ -26,6 +26,7 @@ DEFAULT_EXPAND = 1  # px each object grows: two objects 2 px apart touch again
 DEFAULT_THRESHOLD = 0.5  # foreground probability; 0.5 is the argmax of two classes
 TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 TUNE_EXPANDS = (1, 2, 4, 8, 16)
+TUNED_SETTINGS = ("threshold", "expand")  # what tune_instances chooses
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,12 @@ def tune_instances(
             if value > best["score"]:
                 best = {"threshold": float(threshold), "expand": int(expand), "score": value}
     return best
+
+
+def without_settings(metrics: dict[str, float]) -> dict[str, float]:
+    """A tuned validation's scores alone, without the threshold and growth
+    (:data:`TUNED_SETTINGS`) it records beside them."""
+    return {k: v for k, v in metrics.items() if k not in TUNED_SETTINGS}
 
 
 def grown_by_each(labels: np.ndarray, distances: Sequence[int]) -> list[np.ndarray]:

@@ -515,8 +515,8 @@ def _best_and_tuned(model: UNet, best: BestTracker) -> UNet:
     growth its validation was tuned to (none without validation: left as they are)."""
     if best.state is not None:
         model.load_state_dict(best.state)
-    if model.info.task == "instance" and best.metrics and "threshold" in best.metrics:
-        tuned = best.metrics
+    tuned = best.metrics or {}
+    if "threshold" in tuned:  # an instance model's validation, tuned
         model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
         model.info.history["postprocess_val"] = tuned
     return model

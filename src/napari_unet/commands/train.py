@@ -416,7 +416,9 @@ def _summary(model, out: Path) -> None:
     layout = "channels_last" if used.get("channels_last_used") else "contiguous"
     print(f"ran in {used.get('precision_used')} ({layout}) on {used.get('device_used')}")
     if best:
-        scores = {k: v for k, v in best.items() if k not in ("threshold", "expand")}
+        from ..postprocess import without_settings
+
+        scores = without_settings(best)
         print("validation (best model): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     if model.info.postprocess:
         tuned = history["postprocess_val"]

@@ -37,6 +37,7 @@ from .. import inference as _inference  # noqa: F401
 # importing them here, on the UI thread, keeps a first-time import (which holds the
 # GIL for a few hundred ms) out of the training run.
 from .. import metrics as _metrics  # noqa: F401
+from ..postprocess import without_settings
 from ..training import PRESETS
 from . import _dialogs
 from ._layers import (
@@ -65,7 +66,6 @@ START_FROM = ("auto", "new network", "built-in nuclei", "current model", "file..
 #: the preset choice whose settings are chosen from the annotation and the machine
 AUTO = "auto"
 METRIC_NAMES = {"ap50": "AP@0.5", "iou": "IoU"}  # shown on the plot (values in 0..1)
-TUNED_KEYS = ("threshold", "expand")  # a validation's post-processing, not a score
 PROGRESS_STEPS = 1000  # resolution of the progress bars
 STATUS_INTERVAL_S = 0.25  # least time between two updates of the status and progress bars
 
@@ -633,7 +633,7 @@ def _device_choices() -> list[str]:
 def _validation_text(metrics: dict[str, float]) -> str:
     """A validation's scores, and the threshold and growth they were scored with
     (instances: tuned at every validation)."""
-    text = _metrics_text({k: v for k, v in metrics.items() if k not in TUNED_KEYS})
+    text = _metrics_text(without_settings(metrics))
     if "threshold" in metrics:
         text += f"\n(threshold {metrics['threshold']:g}, grow {metrics['expand']:g} px)"
     return text
