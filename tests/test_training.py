@@ -202,17 +202,19 @@ def test_select_by_must_be_known():
         TINY.replace(select_by="loss")
 
 
-def test_training_autocasts_with_the_precision_measured_for_the_machine(pairs, monkeypatch):
-    from napari_unet import hardware
+def test_training_autocasts_with_the_precision_its_step_measured(pairs, monkeypatch):
+    from napari_unet import hardware, train_hardware
 
-    measured = hardware.Choice(hardware.RunSettings("bf16", True, 572, 1), 1.0, "fake")
+    step = hardware.Choice(hardware.RunSettings("bf16", True, 260, 2), 1.0, "fake step")
+    inference = hardware.Choice(hardware.RunSettings("fp32", False, 572, 1), 1.0, "fake")
     asked = []
 
-    def fake_choose(model, device, **kwargs):
+    def fake_choose_training(model, device, **kwargs):
         asked.append(model.config)
-        return measured
+        return step
 
-    monkeypatch.setattr(hardware, "choose", fake_choose)
+    monkeypatch.setattr(train_hardware, "choose_training", fake_choose_training)
+    monkeypatch.setattr(hardware, "choose", lambda *a, **k: inference)
     auto = TINY.replace(precision="auto", channels_last=None, iterations=2)
     model = train(*pairs, settings=auto)
     assert asked and asked[0].base_channels == TINY.base_channels

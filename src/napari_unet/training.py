@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoints, ddp, hardware
+from . import checkpoints, ddp, hardware, train_hardware
 from .augment import augment
 from .checkpoints import BEST_NAME, LAST_NAME, load_train_state, save_model_copy
 from .config import ModelInfo
@@ -57,11 +57,16 @@ __all__ = [
 
 # -- device and run settings --------------------------------------------------------
 def run_settings(model: UNet, device: torch.device, settings: TrainSettings) -> RunSettings:
-    """How training runs ``model`` on ``device``: the precision and memory format that
-    :mod:`napari_unet.hardware` measured fastest for this network size on this machine
-    (the same choice as inference), unless ``settings`` fixes them."""
+    """How training runs ``model`` on ``device``: the precision and memory format whose
+    optimiser step :mod:`napari_unet.train_hardware` measured fastest for this network
+    size on this machine, unless ``settings`` fixes them. ``max_tile`` (validation's
+    largest tile) is inference's choice (:mod:`napari_unet.hardware`)."""
     needs_choice = settings.precision == "auto" or settings.channels_last is None
-    chosen = hardware.choose(model, device).settings if needs_choice else RunSettings()
+    chosen = RunSettings()
+    if needs_choice:
+        step = train_hardware.choose_training(model, device).settings
+        tile = hardware.choose(model, device).settings.max_tile  # cached by the line above
+        chosen = dataclasses.replace(step, max_tile=tile)
     return dataclasses.replace(
         chosen,
         precision=chosen.precision if settings.precision == "auto" else settings.precision,
