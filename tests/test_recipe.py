@@ -79,6 +79,40 @@ def test_width_follows_the_measured_speed_and_the_budget():
     assert fast.changes["base_channels"] == 32 and "12.0 steps/s" in fast.summary()
 
 
+SHAPES = [
+    {"tile": 188, "batch": 4, "mpx_per_s": 0.15},
+    {"tile": 260, "batch": 2, "mpx_per_s": 0.20},
+    {"tile": 372, "batch": 1, "mpx_per_s": 0.26},
+]
+
+
+def test_the_tile_shape_that_trains_most_pixels_per_second_is_taken_within_the_planes():
+    stats = describe_annotation([make_nuclei(seed=0)[1]])
+    kwargs = {"config": CONFIG, "tile_size": 188, "batch_size": 4, "shapes": SHAPES}
+    largest = choose_recipe(stats, **kwargs)
+    assert (largest.changes["tile_size"], largest.changes["batch_size"]) == (372, 1)
+    assert "1 x 372 px tiles" in largest.summary() and "0.26" in largest.summary()
+    # 256 px planes: a 372 px tile's 284 px output would learn from mirrored copies
+    small_planes = choose_recipe(stats, **kwargs, max_output=256).changes
+    assert (small_planes["tile_size"], small_planes["batch_size"]) == (260, 2)
+    assert CONFIG.output_size(260) <= 256
+    tiny_planes = choose_recipe(stats, **kwargs, max_output=150).changes
+    assert "batch_size" not in tiny_planes and "tile_size" not in tiny_planes
+    within_noise = [dict(row, mpx_per_s=0.155) for row in SHAPES[1:]]
+    noise = choose_recipe(stats, **{**kwargs, "shapes": SHAPES[:1] + within_noise}).changes
+    assert "batch_size" not in noise  # a 3 % gain is not worth a different step
+
+
+def test_large_objects_keep_a_tile_that_spans_them():
+    large = np.zeros((900, 900), np.int32)
+    large[100:300, 100:300] = 1  # 225 px across: the object rule asks for a larger tile
+    stats = describe_annotation([large])
+    recipe = choose_recipe(stats, config=CONFIG, tile_size=188, batch_size=4, shapes=SHAPES)
+    wanted = choose_recipe(stats, config=CONFIG, tile_size=188).changes["tile_size"]
+    assert recipe.changes["tile_size"] == wanted  # not measured at 4 tiles: kept as asked
+    assert "batch_size" not in recipe.changes
+
+
 def test_nuclei_like_annotations_start_from_the_builtin_model():
     nuclei = describe_annotation([make_nuclei(seed=0)[1]])
     name, reason = builtin_start(nuclei)
@@ -209,6 +243,40 @@ def test_width_is_measured_only_for_a_new_network_with_a_minutes_budget(monkeypa
     assert calls == [188] and settings.base_channels == base.base_channels
 
 
+def test_the_tile_shape_is_measured_only_for_whole_annotated_planes_and_a_time_budget(
+    monkeypatch,
+):
+    from napari_unet import train_recipe
+    from napari_unet.training import PRESETS
+
+    calls = []
+    monkeypatch.setattr(train_recipe, "measure_steps_per_s", lambda *a: {16: 3.0, 32: 1.0})
+
+    def shapes(settings, in_channels):
+        calls.append(settings.tile_size)
+        return SHAPES
+
+    image_labels = make_nuclei(seed=0)[1]
+    base = PRESETS["fast"].replace(minutes=5.0, iterations=None)
+    settings, recipe = train_recipe.choose_settings(
+        [image_labels], base=base, measure_tiles=shapes
+    )
+    edge = min(image_labels.shape)
+    assert calls == [188] and settings.batch_size < 4
+    assert CONFIG.output_size(settings.tile_size) <= edge and "px tiles per step" in (
+        recipe.summary()
+    )
+    mask = np.zeros(image_labels.shape, bool)
+    mask[:100, :100] = True  # a painted region: most of a large tile would be unlabelled
+    sparse, _ = train_recipe.choose_settings(
+        [image_labels], [mask], base=base, measure_tiles=shapes
+    )
+    assert calls == [188] and sparse.batch_size == 4
+    steps = base.replace(minutes=None, iterations=100)
+    counted, _ = train_recipe.choose_settings([image_labels], base=steps, measure_tiles=shapes)
+    assert calls == [188] and counted.batch_size == 4
+
+
 def test_measured_training_speed_is_positive_for_each_width():
     from napari_unet.train_recipe import measure_steps_per_s
     from napari_unet.training import PRESETS
@@ -235,6 +303,7 @@ def test_train_widget_auto_preset_shows_and_stores_the_recipe(make_napari_viewer
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert not widget.recipe_info.native.isHidden()
     assert "dense tissue" in widget.recipe_info.value
+    assert widget.recipe_info.tooltip == widget.recipe_info.value
     training = model_store(viewer).model.info.training
     assert training["gap"] == 2 and "dense tissue" in training["recipe"][0]
 

@@ -40,6 +40,9 @@ TILE_OBJECTS = 2.0
 #: widen the network (32 base channels) only when the budget still allows this many
 #: steps at the wider network's measured speed
 WIDE_MIN_STEPS = 4000
+#: a measured tile shape replaces the current one only when it trains at least this
+#: much faster (output px per second): smaller gains are within the timing noise
+SHAPE_GAIN = 1.1
 #: median object diameters (px) the built-in ``nuclei`` model was trained on: the 5th
 #: to 95th percentile of the per-image medians of its DSB 2018 training images is 9-50 px
 BUILTIN_NUCLEI_DIAMETERS = (8.0, 50.0)
@@ -169,6 +172,9 @@ def choose_recipe(
     minutes: float | None = None,
     start: tuple[str, str] | None = None,
     lr: float | None = None,
+    shapes: Sequence[dict[str, Any]] | None = None,
+    batch_size: int | None = None,
+    max_output: int | None = None,
 ) -> Recipe:
     """Settings for an annotation described by ``stats`` on a machine that trains at
     ``steps_per_s`` ({base_channels: measured optimiser steps/s}) for ``minutes``.
@@ -180,6 +186,13 @@ def choose_recipe(
         start: :func:`builtin_start`'s choice, if the caller allows one: the model
             keeps its own width, so none is chosen from ``steps_per_s``, and it trains
             at ``FINE_TUNE_LR_SCALE`` times the learning rate ``lr`` (when given).
+        shapes, batch_size, max_output: tile shapes timed on this machine (rows with
+            ``tile``, ``batch`` and ``mpx_per_s``, output megapixels per second:
+            :func:`napari_unet.train_hardware.choose_training`), the current batch,
+            and the largest output edge worth training on (px: the planes' shorter
+            edge; a larger output would learn from mirrored copies). The fastest shape
+            whose tile still fits the objects replaces ``tile_size`` x ``batch_size``
+            when it trains ``SHAPE_GAIN`` times as many pixels per second (None: never).
     """
     changes: dict[str, Any] = {}
     reasons: list[str] = []
@@ -203,6 +216,12 @@ def choose_recipe(
             reasons.append(
                 f"objects {stats.median_diameter:.0f} px across (median): {tile} px input tiles"
             )
+    if config is not None and tile_size is not None and shapes and batch_size:
+        tile = changes.get("tile_size", tile_size)
+        shape = _shape_for(shapes, config, (tile, batch_size), max_output)
+        if shape is not None:
+            changes |= {"tile_size": shape[0], "batch_size": shape[1]}
+            reasons.append(shape[2])
     if start is not None:
         reasons.append(start[1])
         if lr is not None:
@@ -228,6 +247,41 @@ def _tile_for(
         below, _ = config.nearest_valid_inputs(max_tile)
         return below if below is not None and below > default else None
     return wanted
+
+
+def _shape_for(
+    shapes: Sequence[dict[str, Any]],
+    config: UNetConfig,
+    current: tuple[int, int],
+    max_output: int | None,
+) -> tuple[int, int, str] | None:
+    """(tile, batch, reason) of the measured shape that trains the most output pixels
+    per second among those whose tile is at least ``current``'s (it still spans the
+    objects) and whose output is at most ``max_output`` px; None when that is
+    ``current``, ``current`` was not measured, or the gain is below ``SHAPE_GAIN``."""
+    rates = {(r["tile"], r["batch"]): r["mpx_per_s"] for r in shapes if r.get("mpx_per_s")}
+    fitting = {
+        shape: rate
+        for shape, rate in rates.items()
+        if shape[0] >= current[0]
+        and (max_output is None or config.output_size(shape[0]) <= max_output)
+    }
+    now = rates.get(current)
+    if not fitting or now is None:
+        return None
+    best = max(fitting, key=fitting.get)
+    if best == current or fitting[best] < SHAPE_GAIN * now:
+        return None
+    tile, batch = best
+    return (
+        tile,
+        batch,
+        (
+            f"{batch} x {tile} px tiles per step: {fitting[best]:.2f} output Mpx/s on this "
+            f"machine against {now:.2f} with {current[1]} x {current[0]} px (less cropped "
+            "context per output pixel)"
+        ),
+    )
 
 
 def _width_for(steps_per_s: dict[int, float], minutes: float) -> tuple[int, str]:

@@ -58,6 +58,17 @@ def measure_steps_per_s(
     return speeds
 
 
+def measure_shapes(settings: TrainSettings, in_channels: int = 1) -> list[dict]:
+    """Tile shapes (rows with ``tile``, ``batch``, ``mpx_per_s``) timed for the network
+    of ``settings`` on its training device, in the precision and memory format training
+    uses (:func:`napari_unet.train_hardware.choose_training`: measured once, cached)."""
+    from .train_hardware import choose_training
+
+    device = choose_device(None if settings.device == "auto" else settings.device)
+    choice = choose_training(UNet(settings.config(in_channels)), device)
+    return [row for row in choice.timings if row.get("stage") == "shape"]
+
+
 def in_channels_hint(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> int:
     """1 when every image has its labels' dimensions (no channel axis), else 2: some
     number of channels above one, all :func:`builtin_start` needs to know."""
@@ -74,6 +85,7 @@ def choose_settings(
     builtin_allowed: bool = False,
     in_channels: int = 1,
     measure=None,
+    measure_tiles=None,
 ) -> tuple[TrainSettings, Recipe]:
     """``base`` with the recipe for ``labels`` (inside ``masks``) applied.
 
@@ -81,9 +93,13 @@ def choose_settings(
     for a ``new_network`` with a minutes budget (a fine-tuned model keeps its own;
     a step budget does not depend on speed); the tile only grows within the planes.
     ``measure(settings, in_channels) -> {width: steps/s}`` (default
-    :func:`measure_steps_per_s`). ``builtin_allowed``: the recipe may choose to
-    fine-tune a built-in model (:func:`napari_unet.recipe.builtin_start`); the caller
-    loads ``recipe.start_from`` when it is set.
+    :func:`measure_steps_per_s`). With whole planes annotated (no masks) and a minutes
+    budget, the tile shape may change too: ``measure_tiles(settings, in_channels)``
+    (default :func:`measure_shapes`) times shapes of the same input area, and the
+    recipe takes the one that trains the most output pixels per second.
+    ``builtin_allowed``: the recipe may choose to fine-tune a built-in model
+    (:func:`napari_unet.recipe.builtin_start`); the caller loads ``recipe.start_from``
+    when it is set.
     """
     if mode != "instance":
         return base, Recipe({}, ["semantic labels: the preset as it is"])
@@ -95,9 +111,14 @@ def choose_settings(
     speeds = None
     if new_network and start is None and base.minutes is not None and base.iterations is None:
         speeds = (measure or measure_steps_per_s)(base, in_channels)
+    shapes = None
+    whole_planes = masks is None or all(mask is None for mask in masks)
+    if whole_planes and base.minutes is not None and base.iterations is None:
+        shapes = (measure_tiles or measure_shapes)(base, in_channels)
     recipe = choose_recipe(
         stats, config=base.config(in_channels), tile_size=base.tile_size,
         max_tile=max(max_tile, base.tile_size), steps_per_s=speeds, minutes=base.minutes,
-        start=start, lr=base.lr,
+        start=start, lr=base.lr, shapes=shapes, batch_size=base.batch_size,
+        max_output=max_tile,
     )  # fmt: skip
     return base.replace(**recipe.changes), recipe

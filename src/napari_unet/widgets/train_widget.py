@@ -205,7 +205,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(value=0, max=PROGRESS_STEPS, visible=False)
         self.status = fixed_lines(Label(), 2)  # live text: never re-lays out the dock
         self.metrics = fixed_lines(Label(), 3)
-        self.recipe_info = fixed_lines(Label(), 6)
+        self.recipe_info = fixed_lines(Label(), 8)
         self.recipe_info.visible = False
         self.model_info = Label(label="model")
         self.save_button = PushButton(text="Save model...", enabled=False)
@@ -448,6 +448,7 @@ class TrainWidget(Container):
             freeze_new_objects()  # the engine's imports, data and model: here to stay
         if record.recipe is not None:
             self.recipe_info.value, self.recipe_info.visible = record.recipe, True
+            self.recipe_info.tooltip = record.recipe  # all of it, should it not fit
         self.plot.add_loss(iteration, record.loss)
         if record.val is not None:
             shown = {METRIC_NAMES[k]: v for k, v in record.val.items() if k in METRIC_NAMES}
