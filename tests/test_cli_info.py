@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import torch
 
+from napari_unet import hardware
 from napari_unet.cli import main
 from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
 from napari_unet.model_io import save_model
 
 
-def test_info_measures_once_then_reads_the_cache(tmp_path, capsys):
+def test_info_measures_once_then_reads_the_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(hardware.CACHE_ENV, str(tmp_path / "cache"))
     torch.manual_seed(0)
     path = tmp_path / "tiny.safetensors"
     save_model(UNet(UNetConfig(base_channels=5, depth=2)), path)
     assert main(["info", "--model", str(path), "--device", "cpu"]) == 0
     first = capsys.readouterr().out
-    for field in ("device", "instruction sets", "settings", "why", "throughput"):
+    for field in ("device", "instruction sets", "settings", "why", "throughput", "training"):
         assert field in first
+    assert "training  not measured yet" in first
+    assert main(["info", "--model", str(path), "--device", "cpu", "--training"]) == 0
+    timed = capsys.readouterr().out
+    assert "training step: fp32" in timed and "fastest step" in timed
     assert "measured now" in first and "Mpx/s" in first and "base 5 channels" in first
     assert main(["info", "--model", str(path), "--device", "cpu"]) == 0
-    assert "read from the cache" in capsys.readouterr().out
+    cached = capsys.readouterr().out
+    assert "read from the cache" in cached and "fastest step" in cached
     assert main(["info", "--model", str(path), "--device", "cpu", "--remeasure"]) == 0
     assert "measured now" in capsys.readouterr().out
 
