@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from _machine import cpu_model
+from napari_unet import hardware
 from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
 from napari_unet.predictor import Predictor
@@ -98,23 +99,54 @@ def engine_steps(settings: TrainSettings, image, labels, steps: int) -> float:
 
 
 def throughput(args) -> None:
-    settings = PRESETS["fast"].replace(
+    """The plain loop against three engine runs, interleaved: today's step (the memory
+    format inference measured, 4 x 188 px tiles), the memory format the training step
+    measured, and that plus the tile shape measured for the most output pixels per
+    second (what the recipe picks for whole annotated planes)."""
+    from napari_unet.train_hardware import choose_training
+
+    base = PRESETS["fast"].replace(
         minutes=None, iterations=1, val_fraction=0.0, preview_every_s=1e9, tile_size=args.tile
     )
     image, labels = make_sample((512, 512), n_objects=120, seed=0)
+    model = UNet(base.config())
+    inference = hardware.choose(model, torch.device("cpu")).settings
+    trained = choose_training(model, torch.device("cpu"))
     print(f"machine: {machine()}")
+    print(f"inference measured: {inference.describe()}")
+    print(f"training measured: {trained.reason}")
+    shape = (trained.settings.max_tile, trained.settings.batch_size)
+    runs = {
+        "engine, inference's layout": base.replace(channels_last=inference.channels_last),
+        "engine, training's layout": base,
+        f"engine, {shape[1]} x {shape[0]} px": base.replace(
+            tile_size=shape[0], batch_size=shape[1]
+        ),
+    }
     print(
-        f"tile {args.tile} px, base_channels {settings.base_channels}, depth {settings.depth}, "
-        f"batch {settings.batch_size}, {args.steps} steps x {args.repeats} repeats"
+        f"base_channels {base.base_channels}, depth {base.depth}; plain loop: "
+        f"{base.batch_size} x {args.tile} px; {args.steps} steps x {args.repeats} repeats"
     )
-    plain, engine = [], []
-    plain_loop_steps(settings, image, labels, 2, 0)  # warm-up
+    rates: dict[str, list[float]] = {"plain loop": [], **{name: [] for name in runs}}
+    plain_loop_steps(base, image, labels, 2, 0)  # warm-up
     for repeat in range(args.repeats):
-        plain.append(plain_loop_steps(settings, image, labels, args.steps, repeat))
-        engine.append(engine_steps(settings.replace(seed=repeat), image, labels, args.steps))
-        print(f"  repeat {repeat}: plain {plain[-1]:.2f} steps/s, engine {engine[-1]:.2f}")
-    p, e = statistics.median(plain), statistics.median(engine)
-    print(f"median: plain {p:.2f} steps/s, engine {e:.2f} steps/s, ratio {e / p:.2f}x")
+        rates["plain loop"].append(plain_loop_steps(base, image, labels, args.steps, repeat))
+        for name, settings in runs.items():
+            run = settings.replace(seed=repeat)
+            rates[name].append(engine_steps(run, image, labels, args.steps))
+        print(f"  repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()))
+    every = {"plain loop": base, **runs}
+    plain = _output_mpx(base) * statistics.median(rates["plain loop"])
+    print("median steps/s, output Mpx/s, output px/s against the plain loop:")
+    for name, values in rates.items():
+        steps = statistics.median(values)
+        mpx = _output_mpx(every[name]) * steps
+        print(f"  {name:32s} {steps:6.2f} steps/s {mpx:7.3f} Mpx/s {mpx / plain:5.2f}x")
+
+
+def _output_mpx(settings: TrainSettings) -> float:
+    """Output (labelled) megapixels of one step of ``settings``."""
+    return settings.batch_size * settings.config().output_size(settings.tile_size) ** 2 / 1e6
 
 
 # -- accuracy ------------------------------------------------------------------------
@@ -158,9 +190,11 @@ def accuracy_settings(args, train_pairs, seed: int):
     (settings, the recipe's reasons or None, the model to start from or None)."""
     changes = {"minutes": args.minutes, "iterations": None, "preview_every_s": args.snapshot_s}
     changes["seed"] = seed
+    overrides = {}
     for item in args.set or []:
         key, value = item.split("=", 1)
-        changes[key] = json.loads(value)
+        overrides[key] = json.loads(value)
+    changes |= overrides
     given = None if args.init in ("auto", "new") else args.init
     if args.preset != "auto":
         return PRESETS[args.preset].replace(**changes), None, given
@@ -172,7 +206,8 @@ def accuracy_settings(args, train_pairs, seed: int):
         builtin_allowed=args.init == "auto", in_channels=in_channels_hint(images, labels),
     )  # fmt: skip
     print(recipe.summary())
-    return settings, recipe.reasons, given or recipe.start_from
+    # as in the CLI, settings given explicitly win over the recipe
+    return settings.replace(**overrides), recipe.reasons, given or recipe.start_from
 
 
 def accuracy_run(args, train_pairs, held_out, seed: int) -> dict:

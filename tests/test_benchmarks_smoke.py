@@ -71,7 +71,9 @@ def test_bench_inference_smoke(tmp_path):
 def test_bench_training_throughput_smoke():
     done = run_script("bench_training.py", "throughput", "--steps", "2", "--repeats", "1")
     assert done.returncode == 0, done.stderr
-    assert "median: plain" in done.stdout
+    assert "output px/s against the plain loop" in done.stdout
+    for run in ("plain loop", "engine, inference's layout", "engine, training's layout"):
+        assert f"  {run} " in done.stdout
 
 
 def test_bench_training_ddp_smoke(tmp_path):
