@@ -29,6 +29,15 @@ def hardware_cache(tmp_path_factory) -> Path:
         os.environ["NAPARI_UNET_CACHE_DIR"] = previous
 
 
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache of measured run settings of this test's own (its file's path)."""
+    from napari_unet import hardware
+
+    monkeypatch.setenv(hardware.CACHE_ENV, str(tmp_path))
+    return tmp_path / hardware.CACHE_FILE
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; the test is skipped when it is absent."""

@@ -18,13 +18,6 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty cache folder of this test's own."""
-    monkeypatch.setenv(hardware.CACHE_ENV, str(tmp_path))
-    return tmp_path / hardware.CACHE_FILE
-
-
-@pytest.fixture
 def offered(monkeypatch):
     """Pretend the CPU offers bf16 natively, so that it is a measured candidate."""
     monkeypatch.setattr(hardware, "candidate_precisions", lambda device: (["fp32", "bf16"], []))

@@ -18,12 +18,6 @@ DEFAULT = UNetConfig(base_channels=16, depth=3)
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(hardware.CACHE_ENV, str(tmp_path))
-    return tmp_path / hardware.CACHE_FILE
-
-
-@pytest.fixture
 def inference_prefers_channels_last(monkeypatch):
     """Inference measured channels_last faster (as on the AVX2 EPYC), fp32 only."""
     rows = [{"precision": "fp32", "channels_last": cl, "agrees": None} for cl in (False, True)]

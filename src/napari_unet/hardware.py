@@ -223,7 +223,7 @@ def _read_cache() -> dict[str, Any]:
     return data.get("choices", {}) if ok else {}
 
 
-def _write_cache(key: str, choice: Choice) -> None:
+def write_choice(key: str, choice: Choice) -> None:
     """Add ``choice`` atomically; a read-only cache only costs a re-measurement next time."""
     path = cache_path()
     choices = {**_read_cache(), key: choice.to_dict()}
@@ -236,7 +236,12 @@ def _write_cache(key: str, choice: Choice) -> None:
 
 def cached_choice(config: UNetConfig, device: torch.device) -> Choice | None:
     """The cached choice for this network size on ``device``, or None."""
-    entry = _read_cache().get(cache_key(config, device))
+    return read_choice(cache_key(config, device))
+
+
+def read_choice(key: str) -> Choice | None:
+    """The choice cached under ``key``, or None (absent or unreadable)."""
+    entry = _read_cache().get(key)
     try:
         return Choice.from_dict(entry) if entry else None
     except (TypeError, ValueError):
@@ -279,7 +284,7 @@ def choose_iter(
     bench = _Bench(model, device, timer)
     choice = yield from _measure(bench, config, device)
     choice.key, choice.measured_at = key, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    _write_cache(key, choice)
+    write_choice(key, choice)
     return choice
 
 

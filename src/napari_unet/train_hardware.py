@@ -63,11 +63,8 @@ def tile_shapes(config: UNetConfig) -> list[tuple[int, int]]:
 
 
 def cached_training_choice(config: UNetConfig, device: torch.device) -> Choice | None:
-    entry = hardware._read_cache().get(cache_key(config, device))
-    try:
-        return Choice.from_dict(entry) if entry else None
-    except (TypeError, ValueError):
-        return None
+    """The cached training choice for this network size on ``device``, or None."""
+    return hardware.read_choice(cache_key(config, device))
 
 
 def choose_training(
@@ -101,7 +98,7 @@ def choose_training(
     bench = _StepBench(model, device, timer)
     choice = _measure(bench, config, _precisions(inference))
     choice.key, choice.measured_at = key, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    hardware._write_cache(key, choice)
+    hardware.write_choice(key, choice)
     return choice
 
 
