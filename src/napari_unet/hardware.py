@@ -224,7 +224,9 @@ def _read_cache() -> dict[str, Any]:
 
 
 def write_choice(key: str, choice: Choice) -> None:
-    """Add ``choice`` atomically; a read-only cache only costs a re-measurement next time."""
+    """Stamp ``choice`` with ``key`` and the time now, and add it atomically; a read-only
+    cache only costs a re-measurement next time."""
+    choice.key, choice.measured_at = key, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     path = cache_path()
     choices = {**_read_cache(), key: choice.to_dict()}
     with contextlib.suppress(OSError):
@@ -283,7 +285,6 @@ def choose_iter(
             return choice
     bench = _Bench(model, device, timer)
     choice = yield from _measure(bench, config, device)
-    choice.key, choice.measured_at = key, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     write_choice(key, choice)
     return choice
 

@@ -97,7 +97,6 @@ def choose_training(
     inference = hardware.choose(model, device, timer=timer)  # which precisions agree
     bench = _StepBench(model, device, timer)
     choice = _measure(bench, config, _precisions(inference))
-    choice.key, choice.measured_at = key, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     hardware.write_choice(key, choice)
     return choice
 
