@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         for precision in ("fp32", "bf16"):
             for channels_last in (False, True):
                 for tile in sorted({baseline_tile, largest_tile}):
-                    layout = "channels_last" if channels_last else "contiguous"
-                    name = f"{tile} tiles, {precision}, {layout}"
+                    name = f"{tile} tiles, {precision}, {hardware.layout_name(channels_last)}"
                     kwargs = {"precision": precision, "channels_last": channels_last}
                     seconds, p = timed(
                         lambda kw=kwargs, t=tile: predict(

@@ -51,6 +51,11 @@ CONFIDENT_MARGIN = 0.1  # fp32 top-2 probability gap that makes a label "confide
 Progress = Generator[tuple[int, int], None, "Choice"]
 
 
+def layout_name(channels_last: bool) -> str:
+    """The memory format's name in messages: ``"channels_last"`` or ``"contiguous"``."""
+    return "channels_last" if channels_last else "contiguous"
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """How a network runs on a device.
@@ -75,6 +80,11 @@ class RunSettings:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
     @property
+    def layout(self) -> str:
+        """``"channels_last"`` or ``"contiguous"``: the memory format's name."""
+        return layout_name(self.channels_last)
+
+    @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
@@ -85,9 +95,8 @@ class RunSettings:
         return torch.autocast(device.type, dtype=PRECISIONS[self.precision])
 
     def describe(self) -> str:
-        layout = "channels_last" if self.channels_last else "contiguous"
         tiles = f"tiles up to {self.max_tile} px"
-        return f"{self.precision}, {layout}, {tiles}, batch {self.batch_size}"
+        return f"{self.precision}, {self.layout}, {tiles}, batch {self.batch_size}"
 
 
 @dataclass
@@ -359,8 +368,7 @@ def _valid_near(config: UNetConfig, edge: int) -> int:
 
 def _explain(formats: list[dict], winner: dict, skipped: list[str]) -> str:
     def name(row):
-        layout = "channels_last" if row["channels_last"] else "contiguous"
-        return f"{row['precision']} {layout}"
+        return f"{row['precision']} {layout_name(row['channels_last'])}"
 
     compared = ", ".join(
         f"{name(r)} {r['mpx_per_s']:.3g}" if r["s"] is not None else f"{name(r)} too slow"
@@ -490,7 +498,7 @@ def describe(choice: Choice, device: torch.device) -> str:
     parts = [
         f"runs on {device}",
         settings.precision,
-        "channels_last" if settings.channels_last else "contiguous",
+        settings.layout,
         f"tiles ≤ {settings.max_tile} px",
         *([f"batch {settings.batch_size}"] if settings.batch_size > 1 else []),
         f"{choice.mpx_per_s:.2g} Mpx/s",

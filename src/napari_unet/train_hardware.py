@@ -109,11 +109,13 @@ def _precisions(inference: Choice) -> list[str]:
 
 def _measure(bench: _StepBench, config: UNetConfig, precisions: list[str]) -> Choice:
     reference = reference_tile(config)
-    formats = []
+    formats: list[dict] = []
     for precision in precisions:
         for channels_last in (False, True):
             settings = RunSettings(precision, channels_last, reference, REFERENCE_BATCH)
-            formats.append({**bench.time(settings, reference), "stage": "format"})
+            best = min((r["s"] for r in formats if r["s"] is not None), default=None)
+            row = bench.time(settings, reference, slower_than=best)
+            formats.append({**row, "stage": "format"})
     winner = min((r for r in formats if r["s"] is not None), key=lambda r: r["s"])
     precision, channels_last = winner["precision"], winner["channels_last"]
 
@@ -133,7 +135,7 @@ def _measure(bench: _StepBench, config: UNetConfig, precisions: list[str]) -> Ch
 
 def _explain(formats: list[dict], shapes: list[dict]) -> str:
     def name(row):
-        return f"{row['precision']} {'channels_last' if row['channels_last'] else 'contiguous'}"
+        return f"{row['precision']} {hardware.layout_name(row['channels_last'])}"
 
     steps = ", ".join(
         f"{name(r)} {r['s'] * 1e3:.0f} ms" if r["s"] is not None else f"{name(r)} out of memory"
@@ -154,7 +156,11 @@ class _StepBench(hardware._Bench):
         if self.timer is not None:
             return self.timer(settings, tile)
         step = self._step(settings, tile)
+        start = time.perf_counter()
         step()  # warm-up: allocations, kernel selection
+        first = time.perf_counter() - start
+        if slower_than is not None and first > hardware.SLOW_FACTOR * slower_than:
+            return first  # hopeless (e.g. fp16 emulated on a CPU: seconds a step): no repeat
         times: list[float] = []
         while len(times) < 3 and sum(times) < 2 * hardware.MIN_TIMED_S:
             start = time.perf_counter()

@@ -93,9 +93,8 @@ def _training_rows(choice) -> list[tuple[str, str]]:
     if choice is None:
         return [("training", "not measured yet: at the first training run, or with --training")]
     settings = choice.settings
-    layout = "channels_last" if settings.channels_last else "contiguous"
     line = (
-        f"{settings.precision}, {layout}; fastest step {settings.batch_size} x "
+        f"{settings.precision}, {settings.layout}; fastest step {settings.batch_size} x "
         f"{settings.max_tile} px tiles, {choice.mpx_per_s:.3g} output Mpx/s"
     )
     return [("training", line), ("training why", choice.reason)]

@@ -409,11 +409,13 @@ def _distributed_summary(settings, ranks) -> str:
 
 def _summary(model, out: Path) -> None:
     """Print what was trained and how it scored."""
+    from ..hardware import layout_name
+
     history = model.info.history
     best = history.get("best_val")
     print(f"trained {history['iterations']} steps in {history['seconds']:.0f} s; saved {out}")
     used = model.info.training
-    layout = "channels_last" if used.get("channels_last_used") else "contiguous"
+    layout = layout_name(bool(used.get("channels_last_used")))
     print(f"ran in {used.get('precision_used')} ({layout}) on {used.get('device_used')}")
     if best:
         from ..postprocess import without_settings
