@@ -1,6 +1,6 @@
 """Reproduce the built-in ``nuclei`` model (src/napari_unet/models/nuclei.safetensors).
 
-Trains (in two stages, see docs/models.md) the ``fast`` preset (base_channels 16,
+Trains (in three stages, see docs/models.md) the ``fast`` preset (base_channels 16,
 depth 3) on the DSB 2018 fluorescence nuclei (CC0) in ``../shared/data/dsb2018/train``
 (images/NAME.tif + labels/NAME.tif), holding out every 5th file in name order exactly
 as benchmarks/bench_training.py does, then segments the held-out images with the
@@ -12,7 +12,9 @@ licence and the machine are stored in the model (``info.history["held_out"]``,
     python scripts/train_builtin_nuclei.py --minutes 37 --threads 1 --seed 0 \
         --json stage1.json --out stage1.safetensors
     python scripts/train_builtin_nuclei.py --init stage1.safetensors --minutes 55 \
-        --threads 1 --seed 1 --set lr=0.001 \
+        --threads 1 --seed 1 --set lr=0.001 --json stage2.json --out stage2.safetensors
+    python scripts/train_builtin_nuclei.py --init stage2.safetensors --minutes 55 \
+        --threads 1 --seed 2 --set lr=0.0005 --set tile_size=260 --set batch_size=2 \
         --json benchmarks/results/builtin_nuclei.json \
         --out src/napari_unet/models/nuclei.safetensors
 
