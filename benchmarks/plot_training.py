@@ -168,7 +168,8 @@ def seeds(path: str, *results: str) -> None:
         ax.axhline(summary["mean"], color="black", ls=":", lw=1, label=mean)
         start = data["runs"][0].get("started_from") or "a new network"
         ax.set_title(f"{name}, CLI defaults (start: {start})", fontsize=9)
-        ax.set_xlabel("training minutes (2-core CPU, no native bf16)")
+        cpu = data["machine"].split(", torch")[0]  # the record's CPU, as lscpu names it
+        ax.set_xlabel(f"training minutes ({cpu})")
         label = {"ap50": "held-out AP@0.5 (higher is better)",
                  "rand_error": "held-out Rand error (lower is better)"}[metric]  # fmt: skip
         ax.set_ylabel(label)
