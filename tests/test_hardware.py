@@ -23,6 +23,13 @@ def offered(monkeypatch):
     monkeypatch.setattr(hardware, "candidate_precisions", lambda device: (["fp32", "bf16"], []))
 
 
+@pytest.fixture
+def fp32_only(monkeypatch):
+    """Pretend the CPU has no native reduced precision, whatever this machine has (an AMX
+    Xeon offers bf16 and fp16), for tests about tiles and the cache."""
+    monkeypatch.setattr(hardware, "candidate_precisions", lambda device: (["fp32"], []))
+
+
 def tiny(base: int = 4, depth: int = 2) -> UNet:
     torch.manual_seed(0)
     return UNet(UNetConfig(base_channels=base, depth=depth))
@@ -74,7 +81,7 @@ def test_bf16_is_not_timed_where_the_cpu_has_no_native_bf16(cache, monkeypatch):
     assert "no native bf16" in choice.reason
 
 
-def test_the_largest_tile_is_the_fastest_measured_one(cache):
+def test_the_largest_tile_is_the_fastest_measured_one(cache, fp32_only):
     model = tiny()
     config = model.config
     middle = hardware._valid_near(config, 860)
@@ -88,7 +95,7 @@ def test_the_largest_tile_is_the_fastest_measured_one(cache):
     assert grows.settings.max_tile == hardware._valid_near(config, max(hardware.TILE_TARGETS))
 
 
-def test_measurement_yields_progress_and_is_cached_and_reused(cache):
+def test_measurement_yields_progress_and_is_cached_and_reused(cache, fp32_only):
     model = tiny()
     steps, choice = collect(choose_iter(model, CPU, timer=timer_of({"fp32": 1.0})))
     assert steps[0][0] == 0 and steps[-1][0] == steps[-1][1] > 0
@@ -103,7 +110,7 @@ def test_measurement_yields_progress_and_is_cached_and_reused(cache):
     assert not remeasured.from_cache
 
 
-def test_the_cache_is_per_network_size_torch_version_and_device(cache, monkeypatch):
+def test_the_cache_is_per_network_size_torch_version_and_device(cache, fp32_only, monkeypatch):
     model = tiny()
     choose(model, CPU, timer=timer_of({"fp32": 1.0}))
     for changed in (
@@ -118,7 +125,7 @@ def test_the_cache_is_per_network_size_torch_version_and_device(cache, monkeypat
     assert not choose(wider, CPU, timer=timer).from_cache and timer.calls
 
 
-def test_a_damaged_cache_is_measured_again(cache):
+def test_a_damaged_cache_is_measured_again(cache, fp32_only):
     cache.write_text("{not json")
     choice = choose(tiny(), CPU, timer=timer_of({"fp32": 1.0}))
     assert not choice.from_cache
