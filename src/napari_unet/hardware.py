@@ -56,6 +56,12 @@ def layout_name(channels_last: bool) -> str:
     return "channels_last" if channels_last else "contiguous"
 
 
+def hopeless(first_s: float, best_s: float | None) -> bool:
+    """Whether a candidate whose first (warm-up) run took ``first_s`` seconds is not worth
+    repeating: :data:`SLOW_FACTOR` times slower than the best candidate so far."""
+    return best_s is not None and first_s > SLOW_FACTOR * best_s
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """How a network runs on a device.
@@ -417,7 +423,7 @@ class _Bench:
         start = time.perf_counter()
         self.forward(settings, x)
         first = time.perf_counter() - start
-        if first > 1.0 or (slower_than is not None and first > SLOW_FACTOR * slower_than):
+        if first > 1.0 or hopeless(first, slower_than):
             return first  # long passes: set-up cost is negligible; hopeless ones: no repeat
         times: list[float] = []
         while len(times) < 3 and sum(times) < MIN_TIMED_S:

@@ -159,7 +159,7 @@ class _StepBench(hardware._Bench):
         start = time.perf_counter()
         step()  # warm-up: allocations, kernel selection
         first = time.perf_counter() - start
-        if slower_than is not None and first > hardware.SLOW_FACTOR * slower_than:
+        if hardware.hopeless(first, slower_than):
             return first  # hopeless (e.g. fp16 emulated on a CPU: seconds a step): no repeat
         times: list[float] = []
         while len(times) < 3 and sum(times) < 2 * hardware.MIN_TIMED_S:
