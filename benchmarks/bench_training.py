@@ -40,6 +40,7 @@ from _machine import cpu_model
 from napari_unet import hardware
 from napari_unet.config import UNetConfig
 from napari_unet.model import UNet
+from napari_unet.postprocess import Postprocess
 from napari_unet.predictor import Predictor
 from napari_unet.progress import drain
 from napari_unet.sample_data import make_sample
@@ -245,7 +246,7 @@ def accuracy_run(args, train_pairs, held_out, seed: int) -> dict:
             predictor = Predictor.prepare(model, device="cpu")
             tuned = tune_postprocess(predictor, val_planes, settings.select_by)
             selection = selection_scores(predictor, val_planes, tuned, settings.select_by)
-            model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
+            model.info.postprocess = Postprocess.of_tuned(tuned).as_dict()
         scores = evaluate_held_out(model, held_out) | model.info.postprocess | selection
         curve.append({"minutes": minutes, **scores})
         print(f"  held-out @ {minutes:5.2f} min: {scores}")

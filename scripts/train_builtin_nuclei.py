@@ -21,8 +21,11 @@ licence and the machine are stored in the model (``info.history["held_out"]``,
 ``--init MODEL`` continues training from a model (its width and depth are kept).
 ``--average A B ...`` trains nothing: it averages the weights of models of one network
 shape that started from the same model (a "model soup", Wortsman et al. 2022), tunes
-the threshold and growth on the ``--seed`` validation split of the training images,
-and scores and records the result the same way.
+the post-processing (threshold, smallest object, growth) on the ``--seed`` validation
+split of the training images, and scores and records the result the same way.
+``--retune MODEL`` trains nothing either: it tunes a model's post-processing on that
+split again (e.g. after a setting joined the tuned ones) and keeps its weights and
+history.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from bench_training import load_split  # noqa: E402
 from napari_unet import metrics  # noqa: E402
 from napari_unet.inference import segment  # noqa: E402
 from napari_unet.model_io import save_model  # noqa: E402
-from napari_unet.postprocess import without_settings  # noqa: E402
+from napari_unet.postprocess import Postprocess, without_settings  # noqa: E402
 from napari_unet.progress import drain  # noqa: E402
 from napari_unet.training import PRESETS, train_iter  # noqa: E402
 
@@ -71,14 +74,41 @@ def held_out_scores(model, held_out) -> dict[str, float]:
     }
 
 
-def averaged(paths: list[Path], images, labels, settings) -> torch.nn.Module:
-    """The mean of the weights of the models at ``paths`` (one network shape), with the
-    threshold and growth tuned on the validation split ``settings`` draws; its history
-    sums the models' steps and training seconds and names them."""
-    from napari_unet.model_io import load_model
+def tuned_on_validation(model, images, labels, settings) -> dict[str, float]:
+    """Tune ``model``'s post-processing by AP@0.5 on the validation split ``settings``
+    draws from the training images, store it in the model, and return the tuning's
+    validation record (settings and scores)."""
     from napari_unet.predictor import Predictor
     from napari_unet.training import split_planes
     from napari_unet.validation import tune_postprocess
+
+    val_planes = split_planes(images, labels, settings=settings)[1]
+    tuned = tune_postprocess(Predictor.prepare(model, device="cpu"), val_planes, "ap50")
+    model.info.postprocess = Postprocess.of_tuned(tuned).as_dict()
+    return tuned
+
+
+def retuned(path: Path, images, labels, settings) -> torch.nn.Module:
+    """The model at ``path`` with its post-processing tuned again on the validation
+    split; its history keeps the training's and records the earlier settings."""
+    from napari_unet.model_io import load_model
+
+    model = load_model(path, device="cpu")
+    before = model.info.postprocess
+    tuned = tuned_on_validation(model, images, labels, settings)
+    model.info.history["retuned"] = {
+        "before": before, "validation": tuned, "val_planes": settings.val_max_planes,
+        "seed": settings.seed,
+    }  # fmt: skip
+    print(f"retuned {path.name}: {before} -> {model.info.postprocess}; {tuned}", flush=True)
+    return model
+
+
+def averaged(paths: list[Path], images, labels, settings) -> torch.nn.Module:
+    """The mean of the weights of the models at ``paths`` (one network shape), with its
+    post-processing tuned on the validation split ``settings`` draws; its history
+    sums the models' steps and training seconds and names them."""
+    from napari_unet.model_io import load_model
 
     models = [load_model(path, device="cpu") for path in paths]
     if len({m.config for m in models}) != 1:
@@ -86,9 +116,7 @@ def averaged(paths: list[Path], images, labels, settings) -> torch.nn.Module:
     soup = models[0]
     states = [m.state_dict() for m in models]
     soup.load_state_dict({k: sum(s[k].float() for s in states) / len(states) for k in states[0]})
-    val_planes = split_planes(images, labels, settings=settings)[1]
-    tuned = tune_postprocess(Predictor.prepare(soup, device="cpu"), val_planes, "ap50")
-    soup.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
+    tuned = tuned_on_validation(soup, images, labels, settings)
     soup.info.history = {
         "iterations": sum(m.info.history["iterations"] for m in models),
         "seconds": sum(m.info.history["seconds"] for m in models),
@@ -120,6 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--average", type=Path, nargs="+", help="average these models' weights; no training"
     )
+    parser.add_argument(
+        "--retune", type=Path, help="tune this model's post-processing again; no training"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument("--json", type=Path, required=True, help="record of the run")
     args = parser.parse_args(argv)
@@ -144,6 +175,8 @@ def main(argv=None) -> int:
     images, labels = [p[0] for p in train_pairs], [p[1] for p in train_pairs]
     if args.average:
         model = averaged(args.average, images, labels, settings)
+    elif args.retune:
+        model = retuned(args.retune, images, labels, settings)
     else:
         run = train_iter(images, labels, settings=settings, init_model=args.init)
         model = drain(run, show).cpu()
@@ -152,12 +185,17 @@ def main(argv=None) -> int:
     scores = held_out_scores(model, held_out)
     print(f"held-out: {scores}", flush=True)
     history["held_out"] = {"ap50": scores["ap50"], "ap75": scores["ap75"], "images": len(held_out)}
-    model.info.training |= {"data": DATA_NOTE, "machine": machine, "started": started}
+    ran = {"machine": machine, "started": started}
+    if args.retune:  # the training's own record stays as it was
+        history["retuned"] |= ran
+    else:
+        model.info.training |= {"data": DATA_NOTE, **ran}
     save_model(model, args.out)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     record = {
         "started": started, "machine": machine, "python": platform.python_version(),
         "data": str(args.data), "init": args.init,
+        "retune": None if args.retune is None else str(args.retune),
         "average": [str(p) for p in args.average or []], "settings": settings.to_dict(),
         "steps": history["iterations"],
         "train_seconds": history["seconds"], "held_out": scores,

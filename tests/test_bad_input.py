@@ -29,7 +29,6 @@ from napari_unet.data import prepare_planes
 from napari_unet.inference import as_planes
 from napari_unet.model import UNet
 from napari_unet.model_io import ModelFileError, load_model, save_model
-from napari_unet.postprocess import DEFAULT_MIN_SIZE
 from napari_unet.progress import collect
 from napari_unet.sample_data import make_sample
 from napari_unet.training import PRESETS, TrainSettings, train_iter
@@ -483,5 +482,5 @@ def test_help_is_plain_text_with_defaults(command, capsys):
         main([command, "--help"])
     text = capsys.readouterr().out
     assert "``" not in text
-    expected = "(default: instance)" if command == "train" else f"(default: {DEFAULT_MIN_SIZE})"
+    expected = "(default: instance)" if command == "train" else "objects, px (default: model's)"
     assert expected in " ".join(text.split())

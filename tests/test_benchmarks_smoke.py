@@ -173,3 +173,51 @@ def test_bench_finetune_smoke(tmp_path):
         assert all(0 <= p["ap50"] <= 1 and 0 <= p["rand_error"] <= 1 for p in arm["curve"])
         assert set(arm["returned"]) >= {"ap50", "ap75", "rand_error", "postprocess"}
     assert picture.stat().st_size > 10_000
+
+
+def test_builtin_model_script_retunes_a_model_without_training_it(tmp_path):
+    """``scripts/train_builtin_nuclei.py --retune`` on a tiny data folder: the weights
+    and the training record stay, the post-processing is tuned again (now with the
+    smallest object kept) and what it replaced is recorded."""
+    import numpy as np
+    import tifffile
+    import torch
+
+    from napari_unet.config import ModelInfo, UNetConfig
+    from napari_unet.model import UNet
+    from napari_unet.model_io import load_model, save_model
+    from napari_unet.sample_data import make_sample
+
+    for folder in ("images", "labels"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for k in range(10):
+        image, labels = make_sample((64, 64), n_objects=5, seed=k)
+        tifffile.imwrite(tmp_path / "data" / "images" / f"{k:02d}.tif", image)
+        tifffile.imwrite(tmp_path / "data" / "labels" / f"{k:02d}.tif", labels.astype(np.int32))
+    torch.manual_seed(0)
+    info = ModelInfo(
+        postprocess={"threshold": 0.5, "expand": 1},  # as saved before min_size was tuned
+        training={"machine": "the training machine"},
+        history={"iterations": 7, "seconds": 1.5},
+    )
+    save_model(UNet(UNetConfig(base_channels=4, depth=2), info=info), tmp_path / "in.safetensors")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_builtin_nuclei.py"),
+         "--data", str(tmp_path / "data"), "--retune", str(tmp_path / "in.safetensors"),
+         "--out", str(tmp_path / "out.safetensors"), "--json", str(tmp_path / "out.json")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    before = load_model(tmp_path / "in.safetensors")
+    after = load_model(tmp_path / "out.safetensors")
+    for name, tensor in before.state_dict().items():
+        assert torch.equal(tensor, after.state_dict()[name])
+    assert set(after.info.postprocess) == {"threshold", "expand", "min_size"}
+    assert after.info.training["machine"] == "the training machine"
+    retuned = after.info.history["retuned"]
+    assert retuned["before"] == {"threshold": 0.5, "expand": 1}
+    assert retuned["validation"]["min_size"] == after.info.postprocess["min_size"]
+    assert after.info.history["iterations"] == 7
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert record["retune"].endswith("in.safetensors") and "ap50" in record["held_out"]

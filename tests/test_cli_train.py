@@ -44,7 +44,7 @@ def test_train_cli_select_by_and_gap_reach_the_model(tmp_path, capsys, monkeypat
     assert main([*argv, "--select-by", "rand_error", "--gap", "2"]) == 0
     model = load_model(out)
     assert model.info.training["select_by"] == "rand_error" and model.info.training["gap"] == 2
-    assert set(model.info.postprocess) == {"threshold", "expand"}
+    assert set(model.info.postprocess) == {"threshold", "expand", "min_size"}
     assert "segmentation settings chosen on validation" in capsys.readouterr().out
 
 

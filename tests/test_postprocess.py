@@ -107,6 +107,41 @@ def test_tune_instances_finds_the_threshold_that_splits_and_the_growth_that_fill
     assert best["score"] == 0.0
 
 
+def test_tune_instances_finds_the_smallest_object_that_drops_fragments():
+    """One 20 x 20 cell whose probability dips in a 4 px band near its edge: above
+    the threshold its core (14 x 20 px) and a 4 x 4 fragment (16 px) separate. Only
+    dropping objects under 20 px (of the sizes offered: 10, 20, 40) removes the false
+    fragment; AP@0.5 goes from 1/2 to 1."""
+    from napari_unet.metrics import average_precision
+    from napari_unet.postprocess import tune_instances
+
+    truth = np.zeros((40, 40), np.int32)
+    truth[10:30, 10:30] = 1
+    foreground = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+    foreground[24:26, 10:30] = 0.2  # the dip: the rows below are cut off...
+    foreground[26:30, 14:30] = 0.2  # ...except a 4 x 4 fragment at the left
+    best = tune_instances([foreground], [truth], average_precision, thresholds=(0.5,),
+                          expands=(1,), min_sizes=(10, 20, 40))  # fmt: skip
+    assert best["min_size"] == 20 and best["score"] == 1.0
+    assert tune_instances([foreground], [truth], average_precision, thresholds=(0.5,),
+                          expands=(1,), min_sizes=(10,))["score"] == 0.5  # fmt: skip
+
+
+def test_a_model_segments_with_the_settings_it_stores_and_old_models_with_10_px():
+    from napari_unet.config import ModelInfo
+    from napari_unet.postprocess import DEFAULT_MIN_SIZE, Postprocess
+
+    tuned = {"threshold": 0.4, "expand": 2, "min_size": 20, "ap50": 0.8}
+    chosen = Postprocess.of_tuned(tuned)
+    assert chosen == Postprocess(threshold=0.4, expand=2, min_size=20)
+    info = ModelInfo(postprocess=chosen.as_dict())
+    assert Postprocess.of_model(info) == chosen
+    assert Postprocess.of_model(info, min_size=3).min_size == 3  # a given value wins
+    old = ModelInfo(postprocess={"threshold": 0.4, "expand": 2})  # saved before min_size
+    assert Postprocess.of_model(old).min_size == DEFAULT_MIN_SIZE
+    assert Postprocess.of_tuned({"threshold": 0.4, "expand": 2}).min_size == DEFAULT_MIN_SIZE
+
+
 def test_growing_by_several_distances_at_once_equals_expand_labels():
     from skimage.segmentation import expand_labels
 

@@ -55,7 +55,7 @@ def test_start_from_keeps_network_and_normalisation_and_retunes(
     model = load_model(out)
     assert model.config == start_model().config  # not the preset's 4 channels
     assert model.info.normalization == {"low": 3.0, "high": 97.0}
-    assert set(model.info.postprocess) == {"threshold", "expand"}
+    assert set(model.info.postprocess) == {"threshold", "expand", "min_size"}
     assert model.info.postprocess != UNTUNED  # re-tuned on the validation images
     assert "postprocess_val" in model.info.history
 

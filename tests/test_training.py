@@ -182,12 +182,13 @@ def test_validation_pass_sees_the_image_as_inference_does():
 def test_returned_model_carries_the_segmentation_settings_tuned_on_validation(pairs, tmp_path):
     from napari_unet.inference import segment
     from napari_unet.model_io import read_model_info
-    from napari_unet.postprocess import TUNE_EXPANDS, TUNE_THRESHOLDS
+    from napari_unet.postprocess import TUNE_EXPANDS, TUNE_MIN_SIZES, TUNE_THRESHOLDS
 
     settings = TINY.replace(iterations=6, val_fraction=0.34, select_by="rand_error")
     _, model = collect(train_iter(*pairs, settings=settings, out_dir=tmp_path))
     chosen = model.info.postprocess
     assert chosen["threshold"] in TUNE_THRESHOLDS and chosen["expand"] in TUNE_EXPANDS
+    assert chosen["min_size"] in TUNE_MIN_SIZES
     tuned = model.info.history["postprocess_val"]
     assert tuned["threshold"] == chosen["threshold"] and "rand_error" in tuned
     assert read_model_info(tmp_path / BEST_NAME)[1].postprocess == chosen

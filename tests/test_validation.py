@@ -63,10 +63,8 @@ def test_every_validation_record_says_how_it_was_tuned_and_the_best_one_is_retur
 
     validations = [r.val for r in records if r.val is not None]
     assert len(validations) >= 3
-    assert all({"threshold", "expand", "ap50"} <= set(v) for v in validations)
+    assert all({"threshold", "expand", "min_size", "ap50"} <= set(v) for v in validations)
     best = max(validations, key=lambda v: v["ap50"])  # the first of equals is kept
     assert model.info.history["best_val"]["ap50"] == best["ap50"]
-    assert model.info.postprocess == {
-        "threshold": model.info.history["best_val"]["threshold"],
-        "expand": model.info.history["best_val"]["expand"],
-    }
+    chosen = model.info.history["best_val"]
+    assert model.info.postprocess == {k: chosen[k] for k in ("threshold", "expand", "min_size")}

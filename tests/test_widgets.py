@@ -523,7 +523,8 @@ def test_train_stop_save_segment(sample_viewer, qtbot, tiny_preset, tmp_path, mo
     assert model is not None and model.info.task == "instance"
     assert "trained on 'cells'" in segment.model_info.value
     chosen = model.info.postprocess  # tuned on validation: shown, and used by Segment
-    assert f"threshold {chosen['threshold']:g}, grow {chosen['expand']} px" in train.metrics.value
+    shown = f"threshold {chosen['threshold']:g}, min size {chosen['min_size']} px, grow"
+    assert f"{shown} {chosen['expand']} px" in train.metrics.value
     assert train.plot.loss_points and train.save_button.enabled
     preview = sample_viewer.layers["cells preview"]
     assert preview.data.shape == (128, 128) and preview.data.any()
@@ -804,9 +805,10 @@ def test_shapes_region_on_a_stack_marks_only_its_slice(
 def test_validation_text_names_the_post_processing_it_was_scored_with():
     from napari_unet.widgets.train_widget import _validation_text
 
-    scores = {"threshold": 0.4, "expand": 8, "ap50": 0.8, "iou": 0.9, "rand_error": 0.05}
+    scores = {"threshold": 0.4, "expand": 8, "min_size": 20, "ap50": 0.8, "iou": 0.9,
+              "rand_error": 0.05}  # fmt: skip
     assert _validation_text(scores).splitlines() == [
         "AP@0.5 0.800 · IoU 0.900 · Rand error 0.050",
-        "(threshold 0.4, grow 8 px)",
+        "(threshold 0.4, min size 20 px, grow 8 px)",
     ]
     assert _validation_text({"iou": 0.5, "pixel_error": 0.1}) == "IoU 0.500 · pixel error 0.100"

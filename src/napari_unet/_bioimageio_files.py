@@ -149,9 +149,10 @@ def _postprocess_lines(task: str, post: dict, training: dict) -> list[str]:
         return ["Class ids are the argmax of the probabilities (0 = background)."]
     threshold = post.get("threshold", 0.5)
     expand = post.get("expand", training.get("gap", 1))
+    min_size = post.get("min_size", 10)
     return [
         f"Objects are the connected components of `foreground > {threshold}`; components "
-        "smaller than 10 px are dropped and each object is then grown by "
+        f"smaller than {min_size} px are dropped and each object is then grown by "
         f"{expand} px into the background (training keeps a thin background line between "
         "touching objects; growing closes it). These settings were chosen on validation "
         "data at the end of training."

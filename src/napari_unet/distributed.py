@@ -206,7 +206,7 @@ def make_plan(image, model, out, name, channel_axis, block_size, threshold, expa
     from .model_io import load_model
     from .models import resolve
     from .normalization import percentile_range
-    from .postprocess import DEFAULT_MIN_SIZE, Postprocess
+    from .postprocess import Postprocess
     from .predictor import Predictor
     from .tiling import tile_layout
 
@@ -220,7 +220,6 @@ def make_plan(image, model, out, name, channel_axis, block_size, threshold, expa
     source = ngff.open_source(image, channel_axis=channel_axis)
     model = resolve(model)  # a built-in name (nuclei) -> its file, which workers load
     net = load_model(model)
-    min_size = DEFAULT_MIN_SIZE if min_size is None else min_size
     post = Postprocess.of_model(net.info, threshold=threshold, expand=expand, min_size=min_size)
     view, axis = source.image()
     planes, spatial = as_planes(view, net.config.in_channels, axis)

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from . import postprocess
 from .postprocess import Postprocess
 from .progress import drain
 
@@ -156,7 +155,7 @@ def segment_iter(
     model,
     image,
     *,
-    min_size: int = postprocess.DEFAULT_MIN_SIZE,
+    min_size: int | None = None,
     expand: int | None = None,
     threshold: float | None = None,
     join_slices: bool = False,
@@ -171,8 +170,8 @@ def segment_iter(
     Instance models: connected components of the foreground (probability above
     ``threshold``), objects under ``min_size`` px dropped, grown by ``expand`` px to
     close the background gap the training leaves between touching objects, ids 1..N,
-    unique across a stack. ``threshold`` and ``expand`` None: the values stored in the
-    model (:meth:`napari_unet.postprocess.Postprocess.of_model`).
+    unique across a stack. ``threshold``, ``min_size`` and ``expand`` None: the values
+    stored in the model (:meth:`napari_unet.postprocess.Postprocess.of_model`).
     ``join_slices`` gives objects that overlap in neighbouring slices one id.
     Semantic models: argmax class ids.
 

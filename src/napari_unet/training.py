@@ -41,6 +41,7 @@ from .ddp import SINGLE, RankFailure, Ranks
 from .devices import choose_device
 from .hardware import RunSettings
 from .model import UNet
+from .postprocess import Postprocess
 from .predictor import Predictor
 from .progress import drain
 from .tiling import reflect_indices
@@ -516,13 +517,13 @@ def draw_batch(
 
 
 def _best_and_tuned(model: UNet, best: BestTracker) -> UNet:
-    """``model`` with the best weights and, for instances, the segmentation threshold and
-    growth its validation was tuned to (none without validation: left as they are)."""
+    """``model`` with the best weights and, for instances, the post-processing its
+    validation was tuned to (none without validation: left as they are)."""
     if best.state is not None:
         model.load_state_dict(best.state)
     tuned = best.metrics or {}
     if "threshold" in tuned:  # an instance model's validation, tuned
-        model.info.postprocess = {"threshold": tuned["threshold"], "expand": tuned["expand"]}
+        model.info.postprocess = Postprocess.of_tuned(tuned).as_dict()
         model.info.history["postprocess_val"] = tuned
     return model
 

@@ -1,5 +1,5 @@
 """Validation during training: metrics of a model on held-out planes and the
-instance post-processing (threshold, growth) tuned on them, all through the one
+instance post-processing (threshold, smallest object, growth) tuned on them, all through the one
 prediction path (:class:`napari_unet.predictor.Predictor`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import Plane
-from .postprocess import tune_instances
+from .postprocess import Postprocess, tune_instances
 from .predictor import Predictor
 
 
@@ -27,8 +27,8 @@ def evaluate(predictor: Predictor, planes: Sequence[Plane]) -> dict[str, float]:
 
 def validate(predictor: Predictor, planes: Sequence[Plane], select_by: str) -> dict[str, float]:
     """The validation metrics a model would be returned with: for instances, those of
-    the threshold and growth tuned on ``planes`` (:func:`tune_postprocess`, which adds
-    ``threshold`` and ``expand``); for classes, :func:`evaluate`'s.
+    the post-processing tuned on ``planes`` (:func:`tune_postprocess`, which adds
+    ``threshold``, ``expand`` and ``min_size``); for classes, :func:`evaluate`'s.
 
     Scoring every validated snapshot with its own tuned post-processing is what
     training's model selection compares: with the stored one (threshold 0.5, growth
@@ -43,17 +43,18 @@ def validate(predictor: Predictor, planes: Sequence[Plane], select_by: str) -> d
 def tune_postprocess(
     predictor: Predictor, planes: Sequence[Plane], select_by: str
 ) -> dict[str, float]:
-    """Instance threshold and growth that score best by ``select_by`` on validation
-    planes (see :func:`napari_unet.postprocess.tune_instances`), with the metrics there."""
+    """Instance threshold, smallest object and growth that score best by ``select_by``
+    on validation planes (see :func:`napari_unet.postprocess.tune_instances`), with the
+    metrics there."""
     probabilities, truths, scorer = _validation_set(predictor, planes)
-    found = tune_instances(  # each pair is scored by the selecting metric alone
+    found = tune_instances(  # each choice is scored by the selecting metric alone
         [p[1] for p in probabilities],
         truths,
         lambda truths, preds: score(scorer(truths, preds, only=select_by), select_by),
     )
-    post = predictor.postprocess(threshold=found["threshold"], expand=found["expand"])
+    post = Postprocess.of_tuned(found)
     preds = [predictor.to_labels(p, post) for p in probabilities]
-    return {"threshold": found["threshold"], "expand": found["expand"], **scorer(truths, preds)}
+    return {**post.as_dict(), **scorer(truths, preds)}
 
 
 def _validation_set(predictor: Predictor, planes: Sequence[Plane]):

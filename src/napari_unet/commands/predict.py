@@ -73,7 +73,7 @@ def register(subparsers) -> None:
         "several channels; a 1-channel model refuses a last axis of 2-4 without it)",
     )
     parser.add_argument(
-        "--min-size", type=int, default=None, help="drop smaller objects, px (default: 10)"
+        "--min-size", type=int, default=None, help="drop smaller objects, px (default: model's)"
     )
     parser.add_argument(
         "--expand",
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..model_io import load_model
-    from ..postprocess import DEFAULT_MIN_SIZE, Postprocess
+    from ..postprocess import Postprocess
     from ..predictor import Predictor
 
     if args.uncertainty and args.tta == "none":
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             model.info,
             threshold=args.threshold,
             expand=args.expand,
-            min_size=DEFAULT_MIN_SIZE if args.min_size is None else args.min_size,
+            min_size=args.min_size,
         )
     except ValueError as error:
         raise ValueError(f"--{error}") from None

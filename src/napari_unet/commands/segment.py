@@ -69,7 +69,7 @@ def register(subparsers) -> None:
         help="test-time augmentation: average 4 flips or 8 flips/rotations per tile "
         "(4x or 8x the time) (default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--min-size", type=int, help="drop smaller objects, px (default: 10)")
+    parser.add_argument("--min-size", type=int, help="drop smaller objects, px (default: model's)")
     parser.add_argument("--expand", type=int, help="grow objects by N px (default: the model's)")
     parser.add_argument("--threshold", type=float, help="foreground threshold (default: model's)")
     parser.set_defaults(func=run)

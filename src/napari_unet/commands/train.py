@@ -426,8 +426,8 @@ def _summary(model, out: Path) -> None:
         tuned = history["postprocess_val"]
         print(
             f"segmentation settings chosen on validation: threshold {tuned['threshold']}, "
-            f"expand {tuned['expand']} px (AP@0.5 {tuned['ap50']:.4f}, "
-            f"Rand error {tuned['rand_error']:.4f})"
+            f"min size {tuned['min_size']} px, expand {tuned['expand']} px "
+            f"(AP@0.5 {tuned['ap50']:.4f}, Rand error {tuned['rand_error']:.4f})"
         )
     else:
         print("no validation data held out (single small image or --val-fraction 0)")

@@ -37,7 +37,7 @@ from .. import inference as _inference  # noqa: F401
 # importing them here, on the UI thread, keeps a first-time import (which holds the
 # GIL for a few hundred ms) out of the training run.
 from .. import metrics as _metrics  # noqa: F401
-from ..postprocess import without_settings
+from ..postprocess import DEFAULT_MIN_SIZE, without_settings
 from ..training import PRESETS
 from . import _dialogs
 from ._layers import (
@@ -555,10 +555,7 @@ class TrainWidget(Container):
         tuned_val = history.get("postprocess_val")  # absent without validation data
         if chosen and tuned_val:  # validation as Segment will do it, with the chosen settings
             tuned = {k: v for k, v in tuned_val.items() if k not in chosen}
-            self.metrics.value = (
-                f"validation (threshold {chosen['threshold']:g}, grow "
-                f"{chosen['expand']} px):\n" + _metrics_text(tuned)
-            )
+            self.metrics.value = f"validation ({_settings_text(chosen)}):\n" + _metrics_text(tuned)
         elif best:
             self.metrics.value = "best validation:\n" + _metrics_text(best)
         self.status.value = f"done: {steps} steps in {_duration(seconds)}"
@@ -632,12 +629,19 @@ def _device_choices() -> list[str]:
 
 
 def _validation_text(metrics: dict[str, float]) -> str:
-    """A validation's scores, and the threshold and growth they were scored with
+    """A validation's scores, and the post-processing they were scored with
     (instances: tuned at every validation)."""
     text = _metrics_text(without_settings(metrics))
     if "threshold" in metrics:
-        text += f"\n(threshold {metrics['threshold']:g}, grow {metrics['expand']:g} px)"
+        text += f"\n({_settings_text(metrics)})"
     return text
+
+
+def _settings_text(post: dict[str, float]) -> str:
+    """'threshold 0.5, min size 20 px, grow 1 px' of a tuned post-processing (``min_size``
+    absent in models saved before it was tuned: the 10 px they used)."""
+    min_size = post.get("min_size", DEFAULT_MIN_SIZE)
+    return f"threshold {post['threshold']:g}, min size {min_size:g} px, grow {post['expand']:g} px"
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
