@@ -57,7 +57,21 @@ def test_start_from_keeps_network_and_normalisation_and_retunes(
     assert model.info.normalization == {"low": 3.0, "high": 97.0}
     assert set(model.info.postprocess) == {"threshold", "expand", "min_size"}
     assert model.info.postprocess != UNTUNED  # re-tuned on the validation images
-    assert "postprocess_val" in model.info.history
+    assert model.info.history["best_val"]["threshold"] == model.info.postprocess["threshold"]
+
+
+def test_start_from_a_tuned_model_without_validation_keeps_its_settings(
+    tmp_path, monkeypatch, capsys, one_torch_thread
+):
+    """Nothing held out: the starting model's post-processing stays, and the summary
+    says there was no validation (it used to look up a validation record and fail)."""
+    monkeypatch.setitem(PRESETS, "tiny", TINY.replace(val_fraction=0.0))
+    start, out = tmp_path / "start.safetensors", tmp_path / "m.safetensors"
+    save_model(start_model(), start)
+    argv = ["train", *write_pairs(tmp_path, 2), "--out", str(out), "--preset", "tiny"]
+    assert main([*argv, "--iterations", "1", "--start-from", str(start)]) == 0
+    assert "no validation data held out" in capsys.readouterr().out
+    assert load_model(out).info.postprocess == UNTUNED
 
 
 def test_start_from_new_is_a_fresh_network(tmp_path, monkeypatch, one_torch_thread):

@@ -189,7 +189,7 @@ def test_returned_model_carries_the_segmentation_settings_tuned_on_validation(pa
     chosen = model.info.postprocess
     assert chosen["threshold"] in TUNE_THRESHOLDS and chosen["expand"] in TUNE_EXPANDS
     assert chosen["min_size"] in TUNE_MIN_SIZES
-    tuned = model.info.history["postprocess_val"]
+    tuned = model.info.history["best_val"]
     assert tuned["threshold"] == chosen["threshold"] and "rand_error" in tuned
     assert read_model_info(tmp_path / BEST_NAME)[1].postprocess == chosen
     image = pairs[0][0]

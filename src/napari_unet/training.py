@@ -524,7 +524,6 @@ def _best_and_tuned(model: UNet, best: BestTracker) -> UNet:
     tuned = best.metrics or {}
     if "threshold" in tuned:  # an instance model's validation, tuned
         model.info.postprocess = Postprocess.of_tuned(tuned).as_dict()
-        model.info.history["postprocess_val"] = tuned
     return model
 
 

@@ -422,12 +422,10 @@ def _summary(model, out: Path) -> None:
 
         scores = without_settings(best)
         print("validation (best model): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    if model.info.postprocess:
-        tuned = history["postprocess_val"]
+    if best and "threshold" in best:  # an instance model's validation, tuned
         print(
-            f"segmentation settings chosen on validation: threshold {tuned['threshold']}, "
-            f"min size {tuned['min_size']} px, expand {tuned['expand']} px "
-            f"(AP@0.5 {tuned['ap50']:.4f}, Rand error {tuned['rand_error']:.4f})"
+            f"segmentation settings chosen on validation: threshold {best['threshold']}, "
+            f"min size {best['min_size']} px, expand {best['expand']} px"
         )
     else:
         print("no validation data held out (single small image or --val-fraction 0)")

@@ -551,11 +551,10 @@ class TrainWidget(Container):
         names = ", ".join(f"'{pair.image.name}'" for pair in pairs)
         steps, seconds = history.get("iterations", 0), history.get("seconds", 0.0)
         self.store.set(model, f"trained on {names} ({steps} steps, {_duration(seconds)})")
-        best, chosen = history.get("best_val"), model.info.postprocess
-        tuned_val = history.get("postprocess_val")  # absent without validation data
-        if chosen and tuned_val:  # validation as Segment will do it, with the chosen settings
-            tuned = {k: v for k, v in tuned_val.items() if k not in chosen}
-            self.metrics.value = f"validation ({_settings_text(chosen)}):\n" + _metrics_text(tuned)
+        best = history.get("best_val")  # absent without validation data
+        if best and "threshold" in best:  # tuned: validation as Segment will segment
+            scores = _metrics_text(without_settings(best))
+            self.metrics.value = f"validation ({_settings_text(best)}):\n" + scores
         elif best:
             self.metrics.value = "best validation:\n" + _metrics_text(best)
         self.status.value = f"done: {steps} steps in {_duration(seconds)}"
