@@ -221,3 +221,4 @@ def test_builtin_model_script_retunes_a_model_without_training_it(tmp_path):
     assert after.info.history["iterations"] == 7
     record = json.loads((tmp_path / "out.json").read_text())
     assert record["retune"].endswith("in.safetensors") and "ap50" in record["held_out"]
+    assert record["retuned"]["validation"] == retuned["validation"]
