@@ -163,3 +163,26 @@ def test_without_settings_keeps_the_scores_of_a_tuned_validation():
     tuned = {"threshold": 0.4, "expand": 8, "ap50": 0.8, "rand_error": 0.05}
     assert without_settings(tuned) == {"ap50": 0.8, "rand_error": 0.05}
     assert without_settings({"iou": 0.5}) == {"iou": 0.5}
+
+
+def test_segmenting_drops_objects_under_the_size_the_model_stores():
+    """The labelling path (``Predictor.to_labels``, which ``segment`` uses) reads the
+    model's stored smallest object: a 16 px speck survives 10 px and not 20 px."""
+    import torch
+
+    from napari_unet.config import UNetConfig
+    from napari_unet.hardware import RunSettings
+    from napari_unet.model import UNet
+    from napari_unet.predictor import Predictor
+
+    foreground = np.zeros((40, 40), np.float32)
+    foreground[5:25, 5:25] = 0.9  # 400 px
+    foreground[30:34, 30:34] = 0.9  # 16 px
+    probs = np.stack([1 - foreground, foreground])
+    model = UNet(UNetConfig(base_channels=2, depth=1))
+    counts = {}
+    for min_size in (10, 20):
+        model.info.postprocess = {"threshold": 0.5, "expand": 0, "min_size": min_size}
+        predictor = Predictor(model, torch.device("cpu"), RunSettings())
+        counts[min_size] = int(predictor.to_labels(probs).max())
+    assert counts == {10: 2, 20: 1}
