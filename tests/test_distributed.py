@@ -134,7 +134,10 @@ def test_worker_killed_mid_run_recomputes_its_blocks(data, client, tmp_path):
     flag = tmp_path / "killed"
 
     class KillOnce(WorkerPlugin):
-        """Kills its worker process when it starts a band task, once (flag file)."""
+        """Kills its worker process when it starts a band task, once: only the worker
+        that creates the flag file dies (created atomically: two workers starting band
+        tasks at the same moment both saw no flag and both died, losing the plan that
+        was scattered to them)."""
 
         name = "kill-once"
 
@@ -143,9 +146,13 @@ def test_worker_killed_mid_run_recomputes_its_blocks(data, client, tmp_path):
 
         def transition(self, key, start, finish, **kwargs):
             name = key[0] if isinstance(key, tuple) else str(key)
-            if finish == "executing" and "run_band" in name and not os.path.exists(self.flag):
-                open(self.flag, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
+            if finish != "executing" or "run_band" not in name:
+                return
+            try:
+                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:  # the plugin stays registered but inert once the flag exists (also on restarts)
