@@ -13,6 +13,7 @@ import torch
 
 from .model import UNet
 from .normalization import normalize
+from .postprocess import Postprocess
 
 PAPER_SHORT = "Ronneberger, Fischer & Brox, MICCAI 2015 (doi:10.1007/978-3-319-24574-4_28)"
 
@@ -102,7 +103,6 @@ def write_readme(net: UNet, target: Path, name: str, description: str, license: 
     """The package's documentation (markdown), with the '## Validation' section the
     spec asks for."""
     info, config = net.info, net.config
-    post = info.postprocess or {}
     history = info.history or {}
     training = info.training or {}
     lines = [
@@ -126,7 +126,7 @@ def write_readme(net: UNet, target: Path, name: str, description: str, license: 
         "",
         "## Post-processing (done by napari-unet, not by the package)",
         "",
-        *_postprocess_lines(info.task, post, training),
+        *_postprocess_lines(info),
         "",
         "## Training",
         "",
@@ -144,18 +144,16 @@ def write_readme(net: UNet, target: Path, name: str, description: str, license: 
     target.write_text("\n".join(lines), encoding="utf-8")
 
 
-def _postprocess_lines(task: str, post: dict, training: dict) -> list[str]:
-    if task != "instance":
+def _postprocess_lines(info) -> list[str]:
+    if info.task != "instance":
         return ["Class ids are the argmax of the probabilities (0 = background)."]
-    threshold = post.get("threshold", 0.5)
-    expand = post.get("expand", training.get("gap", 1))
-    min_size = post.get("min_size", 10)
+    post = Postprocess.of_model(info)  # what napari-unet segments with
     return [
-        f"Objects are the connected components of `foreground > {threshold}`; components "
-        f"smaller than {min_size} px are dropped and each object is then grown by "
-        f"{expand} px into the background (training keeps a thin background line between "
-        "touching objects; growing closes it). These settings were chosen on validation "
-        "data at the end of training."
+        f"Objects are the connected components of `foreground > {post.threshold}`; "
+        f"components smaller than {post.min_size} px are dropped and each object is then "
+        f"grown by {post.expand} px into the background (training keeps a thin background "
+        "line between touching objects; growing closes it). These settings were chosen on "
+        "validation data at the end of training."
     ]
 
 

@@ -37,7 +37,7 @@ from .. import inference as _inference  # noqa: F401
 # importing them here, on the UI thread, keeps a first-time import (which holds the
 # GIL for a few hundred ms) out of the training run.
 from .. import metrics as _metrics  # noqa: F401
-from ..postprocess import DEFAULT_MIN_SIZE, without_settings
+from ..postprocess import Postprocess, without_settings
 from ..training import PRESETS
 from . import _dialogs
 from ._layers import (
@@ -636,11 +636,11 @@ def _validation_text(metrics: dict[str, float]) -> str:
     return text
 
 
-def _settings_text(post: dict[str, float]) -> str:
-    """'threshold 0.5, min size 20 px, grow 1 px' of a tuned post-processing (``min_size``
-    absent in models saved before it was tuned: the 10 px they used)."""
-    min_size = post.get("min_size", DEFAULT_MIN_SIZE)
-    return f"threshold {post['threshold']:g}, min size {min_size:g} px, grow {post['expand']:g} px"
+def _settings_text(tuned: dict[str, float]) -> str:
+    """'threshold 0.5, min size 20 px, grow 1 px' of a tuned validation's settings
+    (:meth:`Postprocess.of_tuned`)."""
+    post = Postprocess.of_tuned(tuned)
+    return f"threshold {post.threshold:g}, min size {post.min_size} px, grow {post.expand} px"
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
