@@ -196,3 +196,27 @@ def test_many_objects_match_fast():
     assert time.perf_counter() - start < 5  # seconds, generous for a shared machine
     assert m.tp == len(edges) ** 2 == 4096
     assert m.ious == pytest.approx(np.full(4096, 11 / 13))
+
+
+def test_bootstrap_win_rate_says_how_often_a_lead_survives_resampling_the_images():
+    from napari_unet.metrics import bootstrap_win_rate, image_parts
+
+    truths = [squares() for _ in range(10)]
+    spurious = squares(boxes=((2, 2, 10), (20, 5, 10), (5, 25, 12), (30, 30, 5)))
+    everywhere = [spurious] * 10  # one false object on every image
+    once = [spurious] + truths[1:]  # ... on the first image only
+
+    def rate(metric, candidate, incumbent):
+        parts = [image_parts(metric, truths, labels) for labels in (candidate, incumbent)]
+        return bootstrap_win_rate(metric, *parts)
+
+    assert rate("ap50", truths, everywhere) == 1.0
+    assert rate("ap50", everywhere, truths) == 0.0
+    assert rate("ap50", truths, truths) == 0.0  # a tie is not a win
+    # ahead only where the resample draws image 0: 1 - 0.9**10 = 0.65 of them
+    assert rate("ap50", truths, once) == pytest.approx(1 - 0.9**10, abs=0.03)
+    merged = [np.where(t > 0, 1, 0) for t in truths]  # lower Rand error wins
+    assert rate("rand_error", truths, merged) == 1.0
+    assert rate("rand_error", merged, truths) == 0.0
+    with pytest.raises(ValueError, match="metric must be"):
+        image_parts("iou", truths, truths)

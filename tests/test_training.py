@@ -22,8 +22,8 @@ from napari_unet.training import (
     LAST_NAME,
     PRESETS,
     TrainSettings,
+    ValidationSet,
     _learning_rate,
-    _validation_set,
     train,
     train_iter,
 )
@@ -173,8 +173,7 @@ def test_validation_pass_sees_the_image_as_inference_does():
     plane = normalize(image[None], norm["low"], norm["high"])
     predictor = Predictor.prepare(model, device="cpu", precision="fp32")
     held_out = Plane(plane, None, np.ones((37, 41), np.float32), np.zeros((37, 41), int))
-    probabilities, _, _ = _validation_set(predictor, [held_out])
-    ours = probabilities[0]
+    ours = ValidationSet.of(predictor, [held_out]).probabilities[0]
     reference = predict(model, image, precision="fp32", device="cpu")
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 

@@ -68,3 +68,49 @@ def test_every_validation_record_says_how_it_was_tuned_and_the_best_one_is_retur
     assert model.info.history["best_val"]["ap50"] == best["ap50"]
     chosen = model.info.history["best_val"]
     assert model.info.postprocess == {k: chosen[k] for k in ("threshold", "expand", "min_size")}
+
+
+def _fragmented_planes(with_fragment: list[bool]):
+    """Planes of one 20 x 20 cell each and a predictor whose foreground probability dips
+    near the cell's edge on the planes marked: there a 4 x 4 fragment (16 px) splits off,
+    which only a smallest object of 20 px drops (see test_postprocess)."""
+    truth = np.zeros((40, 40), np.int32)
+    truth[10:30, 10:30] = 1
+    probabilities = []
+    for fragment in with_fragment:
+        foreground = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+        if fragment:
+            foreground[24:26, 10:30] = 0.2
+            foreground[26:30, 14:30] = 0.2
+        probabilities.append(np.stack([1 - foreground, foreground]))
+    planes = [
+        Plane(np.full((1, 40, 40), n, np.float32), None, np.ones((40, 40)), truth)
+        for n in range(len(with_fragment))
+    ]
+    model = UNet(UNetConfig(base_channels=4, depth=2)).eval()
+    predictor = Predictor.prepare(model, device="cpu", precision="fp32")
+    predictor.probabilities = lambda image, **_: probabilities[int(image[0, 0, 0])]
+    return predictor, planes
+
+
+@pytest.mark.parametrize(
+    ("fragments", "stored", "min_size"),
+    [
+        (1, {"threshold": 0.5, "expand": 1, "min_size": 10}, 10),  # a lead on 1 plane of 10
+        (10, {"threshold": 0.5, "expand": 1, "min_size": 10}, 20),  # better on every plane
+        (1, {}, 20),  # nothing stored: the tuned choice, however slight its lead
+    ],
+)
+def test_a_model_keeps_its_stored_settings_unless_the_tuned_ones_are_clearly_better(
+    fragments, stored, min_size
+):
+    predictor, planes = _fragmented_planes([n < fragments for n in range(10)])
+    predictor.model.info.postprocess = dict(stored)
+
+    found = validate(predictor, planes, "ap50")
+
+    assert found["min_size"] == min_size
+    expected_ap = 1.0 if min_size == 20 else 10 / (10 + fragments)  # fragments are FPs
+    assert found["ap50"] == pytest.approx(expected_ap)
+    if min_size == 10:  # kept whole: the stored threshold too, not the tuned one (0.3)
+        assert found["threshold"] == 0.5

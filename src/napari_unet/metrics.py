@@ -175,6 +175,54 @@ def average_precision(
     return 1.0 if total == 0 else tp / total
 
 
+def image_parts(metric: str, gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-image parts of ``metric`` whose sums over images give it
+    (:func:`score_of_parts`), shape (images, k): ``"ap50"``: TP, FP, FN at IoU 0.5;
+    ``"rand_error"``: the image's Rand error and 1 (the metric is their mean)."""
+    if metric == "ap50":
+        return np.array([instance_counts(g, p, 0.5) for g, p in zip(gts, preds)], float)
+    if metric == "rand_error":
+        return np.array([(rand_error(g, p), 1.0) for g, p in zip(gts, preds)], float)
+    raise ValueError(f"metric must be 'ap50' or 'rand_error', got {metric!r}")
+
+
+def score_of_parts(metric: str, sums: np.ndarray) -> np.ndarray:
+    """The metric of summed :func:`image_parts` (..., k) as a score, higher is better:
+    AP@0.5 (1.0 with nothing to find and nothing found), or minus the Rand error."""
+    if metric == "ap50":
+        total = sums.sum(-1)
+        return np.where(total > 0, sums[..., 0] / np.maximum(total, 1), 1.0)
+    return -sums[..., 0] / sums[..., 1]
+
+
+def bootstrap_win_rate(
+    metric: str,
+    candidate: np.ndarray,
+    incumbent: np.ndarray,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> float:
+    """Share of bootstrap resamples of the images (drawn with replacement, the same
+    draws for both) in which ``candidate`` scores strictly higher than ``incumbent``.
+
+    Args:
+        candidate, incumbent: :func:`image_parts` of two segmentations of the same
+            images, shape (images, k).
+
+    Returns:
+        A value in [0, 1]: near 1 when the candidate is better on most images, near
+        0.5 or below when its lead rests on a few of them (0 when they score the same).
+    """
+    n = len(candidate)
+    if n == 0 or n != len(incumbent):
+        raise ValueError(f"need the same images, got {n} and {len(incumbent)}")
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    ours = score_of_parts(metric, candidate[draws].sum(1))
+    theirs = score_of_parts(metric, incumbent[draws].sum(1))
+    return float(np.mean(ours > theirs))
+
+
 def foreground_iou(gt: np.ndarray, pred: np.ndarray) -> float:
     """IoU of the foreground masks (``label > 0``); 1.0 when both are empty."""
     gt, pred = _check_pair(gt, pred)

@@ -47,11 +47,11 @@ from .progress import drain
 from .tiling import reflect_indices
 from .train_record import StepRecord
 from .train_settings import PRESETS, SELECT_BY, TrainSettings
-from .validation import _validation_set, evaluate, score, tune_postprocess, validate
+from .validation import ValidationSet, evaluate, score, tune_postprocess, validate
 
 __all__ = [
     "BEST_NAME", "LAST_NAME", "PRESETS", "SELECT_BY", "StepRecord", "TileSource",
-    "TrainSettings", "_validation_set", "evaluate", "run_settings", "score", "split_planes",
+    "TrainSettings", "ValidationSet", "evaluate", "run_settings", "score", "split_planes",
     "train", "train_iter", "tune_postprocess", "validate", "weighted_cross_entropy",
 ]  # fmt: skip
 

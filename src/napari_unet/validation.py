@@ -5,11 +5,13 @@ prediction path (:class:`napari_unet.predictor.Predictor`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from . import metrics
 from .data import Plane
-from .postprocess import Postprocess, tune_instances
+from .postprocess import Postprocess, keep_unless_clearly_beaten, tune_instances
 from .predictor import Predictor
 
 
@@ -21,8 +23,8 @@ def evaluate(predictor: Predictor, planes: Sequence[Plane]) -> dict[str, float]:
     (foreground IoU), ``rand_error`` (foreground-restricted). Semantic: ``iou``
     (mean over classes) and ``pixel_error``.
     """
-    probabilities, truths, scorer = _validation_set(predictor, planes)
-    return scorer(truths, [predictor.to_labels(p) for p in probabilities])
+    data = ValidationSet.of(predictor, planes)
+    return data.scores([predictor.to_labels(p) for p in data.probabilities])
 
 
 def validate(predictor: Predictor, planes: Sequence[Plane], select_by: str) -> dict[str, float]:
@@ -33,66 +35,89 @@ def validate(predictor: Predictor, planes: Sequence[Plane], select_by: str) -> d
     Scoring every validated snapshot with its own tuned post-processing is what
     training's model selection compares: with the stored one (threshold 0.5, growth
     1 px), dense tissue read a Rand error ten times the tuned one and the choice
-    between snapshots followed the post-processing rather than the network.
+    between snapshots followed the post-processing rather than the network. A model
+    that already carries tuned settings (one being fine-tuned) keeps them unless the
+    new choice is clearly better (:func:`~napari_unet.postprocess.keep_unless_clearly_beaten`).
     """
     if predictor.model.info.task == "instance":
-        return tune_postprocess(predictor, planes, select_by)
+        info = predictor.model.info
+        stored = Postprocess.of_model(info) if info.postprocess else None
+        return tune_postprocess(predictor, planes, select_by, incumbent=stored)
     return evaluate(predictor, planes)
 
 
 def tune_postprocess(
-    predictor: Predictor, planes: Sequence[Plane], select_by: str
+    predictor: Predictor,
+    planes: Sequence[Plane],
+    select_by: str,
+    *,
+    incumbent: Postprocess | None = None,
 ) -> dict[str, float]:
     """Instance threshold, smallest object and growth that score best by ``select_by``
-    on validation planes (see :func:`napari_unet.postprocess.tune_instances`), with the
-    metrics there."""
-    probabilities, truths, scorer = _validation_set(predictor, planes)
+    on validation planes (see :func:`napari_unet.postprocess.tune_instances`), or
+    ``incumbent`` where that choice does not beat it in 90 % of bootstrap resamples
+    of the planes; with the metrics there."""
+    data = ValidationSet.of(predictor, planes)
+    foreground = [p[1] for p in data.probabilities]
     found = tune_instances(  # each choice is scored by the selecting metric alone
-        [p[1] for p in probabilities],
-        truths,
-        lambda truths, preds: score(scorer(truths, preds, only=select_by), select_by),
+        foreground,
+        data.truths,
+        lambda truths, preds: score(data.scores(preds, only=select_by), select_by),
     )
-    post = Postprocess.of_tuned(found)
-    preds = [predictor.to_labels(p, post) for p in probabilities]
-    return {**post.as_dict(), **scorer(truths, preds)}
+    post = keep_unless_clearly_beaten(
+        foreground, data.truths, Postprocess.of_tuned(found), incumbent,
+        lambda truths, ours, theirs: metrics.bootstrap_win_rate(
+            select_by, data.parts(select_by, ours), data.parts(select_by, theirs)
+        ),
+    )  # fmt: skip
+    preds = [predictor.to_labels(p, post) for p in data.probabilities]
+    return {**post.as_dict(), **data.scores(preds)}
 
 
-def _validation_set(predictor: Predictor, planes: Sequence[Plane]):
-    """Probabilities (n_classes, Y, X) of each (normalised) plane, their truths cropped
-    to the annotated region's box, and ``scorer(truths, labels, only=None)`` -> metrics
-    (instances: only the one named, if given), which crops whole-plane labels to the
-    same boxes and masks them to the region (semantic labels are compared as painted:
-    class id + 1)."""
-    from . import metrics
+@dataclass
+class ValidationSet:
+    """Validation planes as a predictor sees them.
 
-    task = predictor.model.info.task
-    probabilities, truths, boxes = [], [], []
-    for plane in planes:
-        region = plane.weight > 0
-        rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
-        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        probs = predictor.probabilities(plane.image, channel_axis=0, normalized=True)
-        probabilities.append(probs)
-        truths.append(np.where(region[box], plane.labels[box], 0))
-        boxes.append((box, region[box]))
+    Attributes:
+        probabilities: (n_classes, Y, X) of each (normalised) plane.
+        truths: each plane's labels cropped to its annotated region's box, 0 outside
+            the region.
+        boxes: (box slices, region inside the box) of each plane.
+        task: "instance" or "semantic".
+    """
 
-    def scorer(gts, labels, only: str | None = None) -> dict[str, float]:
-        if task == "semantic":  # class ids as painted: 1 = background, 2.. = classes
-            labels = [lab + 1 for lab in labels]
-        preds = [np.where(inside, lab[box], 0) for lab, (box, inside) in zip(labels, boxes)]
-        if task == "semantic":
-            gt = np.concatenate([g.ravel() for g in gts])
-            pr = np.concatenate([p.ravel() for p in preds])
-            annotated = gt > 0
-            ious = [
-                np.sum((gt == c) & (pr == c) & annotated)
-                / np.sum(((gt == c) | (pr == c)) & annotated)
-                for c in np.unique(gt[annotated])
-            ]
-            return {
-                "iou": float(np.mean(ious)),
-                "pixel_error": float(np.mean(gt[annotated] != pr[annotated])),
-            }
+    probabilities: list[np.ndarray]
+    truths: list[np.ndarray]
+    boxes: list[tuple[tuple[slice, slice], np.ndarray]]
+    task: str
+
+    @classmethod
+    def of(cls, predictor: Predictor, planes: Sequence[Plane]) -> ValidationSet:
+        probabilities, truths, boxes = [], [], []
+        for plane in planes:
+            region = plane.weight > 0
+            rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+            box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            probabilities.append(predictor.probabilities(plane.image, channel_axis=0,
+                                                         normalized=True))  # fmt: skip
+            truths.append(np.where(region[box], plane.labels[box], 0))
+            boxes.append((box, region[box]))
+        return cls(probabilities, truths, boxes, predictor.model.info.task)
+
+    def cropped(self, labels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Whole-plane labels cropped to the boxes and masked to the regions (semantic
+        labels as painted: class id + 1)."""
+        shift = 1 if self.task == "semantic" else 0  # 1 = background, 2.. = classes
+        return [
+            np.where(inside, lab[box] + shift, 0) for lab, (box, inside) in zip(labels, self.boxes)
+        ]
+
+    def scores(self, labels: Sequence[np.ndarray], only: str | None = None) -> dict[str, float]:
+        """Metrics of whole-plane ``labels`` against the truths (instances: only the one
+        named, if given)."""
+        preds, gts = self.cropped(labels), self.truths
+        if self.task == "semantic":
+            return _semantic_scores(gts, preds)
         measures = {
             "ap50": lambda: metrics.average_precision(gts, preds, iou=0.5),
             "iou": lambda: np.mean([metrics.foreground_iou(g, p) for g, p in zip(gts, preds)]),
@@ -100,7 +125,24 @@ def _validation_set(predictor: Predictor, planes: Sequence[Plane]):
         }
         return {k: float(m()) for k, m in measures.items() if only in (None, k)}
 
-    return probabilities, truths, scorer
+    def parts(self, metric: str, labels: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-plane parts of an instance ``metric`` (:func:`napari_unet.metrics.image_parts`)."""
+        return metrics.image_parts(metric, self.truths, self.cropped(labels))
+
+
+def _semantic_scores(gts: list[np.ndarray], preds: list[np.ndarray]) -> dict[str, float]:
+    """Mean IoU over the painted classes and the pixel error, on annotated pixels."""
+    gt = np.concatenate([g.ravel() for g in gts])
+    pr = np.concatenate([p.ravel() for p in preds])
+    annotated = gt > 0
+    ious = [
+        np.sum((gt == c) & (pr == c) & annotated) / np.sum(((gt == c) | (pr == c)) & annotated)
+        for c in np.unique(gt[annotated])
+    ]
+    return {
+        "iou": float(np.mean(ious)),
+        "pixel_error": float(np.mean(gt[annotated] != pr[annotated])),
+    }
 
 
 def score(metrics: dict[str, float], select_by: str = "ap50") -> float:
