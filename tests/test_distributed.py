@@ -1,9 +1,11 @@
 """Whole-dataset segmentation on a real dask LocalCluster (2 worker processes): labels
-equal single-process ``segment`` id for id, a worker killed mid-run, resume after an
-interruption, NGFF metadata read back by ome-zarr-py, bad input changing nothing."""
+equal single-process ``segment`` id for id, a worker (or the only one) killed mid-run,
+resume after an interruption, NGFF metadata read back by ome-zarr-py, bad input changing
+nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +28,7 @@ from napari_unet.model_io import save_model
 
 pytest.importorskip("distributed")
 pytest.importorskip("ome_zarr")
+from distributed.diagnostics.plugin import WorkerPlugin
 
 # every setting given: nothing is measured; fp32 (bf16, the CPU default, is not exact)
 EXACT = {"precision": "fp32", "device": "cpu", "tile_size": 92, "batch_size": 3,
@@ -80,23 +83,33 @@ def data(tmp_path_factory):
             "threshold": threshold, "reference": reference}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def client():
-    """A LocalCluster of 2 one-thread worker processes importing this checkout's code."""
+@contextlib.contextmanager
+def local_client(n_workers: int):
+    """A Client of a LocalCluster of one-thread worker processes importing this
+    checkout's code."""
     distributed = pytest.importorskip("distributed")
     previous = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, previous) if p)
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-    if previous is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = previous
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 one-thread worker processes importing this checkout's code."""
+    with local_client(2) as client:
+        yield client
 
 
 def run(data, image_path, out, **kwargs):
@@ -127,43 +140,59 @@ def test_cluster_labels_equal_segment_and_read_back_as_ngff(data, client, tmp_pa
     assert len(image_nodes) >= 2  # the image and, through labels/, its label image
 
 
-def test_worker_killed_mid_run_recomputes_its_blocks(data, client, tmp_path):
+class KillOnce(WorkerPlugin):
+    """Kills its worker process when it starts a band task, once: only the worker that
+    creates the flag file dies (created atomically: two workers starting band tasks at
+    the same moment both saw no flag and both died)."""
+
+    name = "kill-once"
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def transition(self, key, start, finish, **kwargs):
+        name = key[0] if isinstance(key, tuple) else str(key)
+        if finish != "executing" or "run_band" not in name:
+            return
+        try:
+            os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_a_worker_once(client, flag) -> None:
+    """Register :class:`KillOnce` (it stays registered but inert once the flag exists,
+    also on restarts)."""
     import cloudpickle
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    flag = tmp_path / "killed"
-
-    class KillOnce(WorkerPlugin):
-        """Kills its worker process when it starts a band task, once: only the worker
-        that creates the flag file dies (created atomically: two workers starting band
-        tasks at the same moment both saw no flag and both died, losing the plan that
-        was scattered to them)."""
-
-        name = "kill-once"
-
-        def __init__(self, flag):
-            self.flag = flag
-
-        def transition(self, key, start, finish, **kwargs):
-            name = key[0] if isinstance(key, tuple) else str(key)
-            if finish != "executing" or "run_band" not in name:
-                return
-            try:
-                os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
-            os.kill(os.getpid(), signal.SIGKILL)
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:  # the plugin stays registered but inert once the flag exists (also on restarts)
+    try:
         client.register_plugin(KillOnce(str(flag)))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_worker_killed_mid_run_recomputes_its_blocks(data, client, tmp_path):
+    flag = tmp_path / "killed"
+    kill_a_worker_once(client, flag)
     image_path = write_ome(tmp_path / "image.zarr", data["image"], "yx")
     target = run(data, image_path, tmp_path / "out.zarr", cluster=client)
     assert flag.exists()  # a worker really died during a task
     assert np.array_equal(target.level0(mode="r")[...], data["reference"])
     client.wait_for_workers(2, timeout=120)  # the nanny restarted it, for the next tests
+
+
+def test_the_only_worker_killed_mid_run_computes_the_plan_again(data, tmp_path):
+    """Every worker holding the plan dies: dask must be able to compute the plan again
+    (scattered, it was lost with them and the run failed: 'already forgotten')."""
+    flag = tmp_path / "killed"
+    with local_client(1) as client:
+        kill_a_worker_once(client, flag)
+        image_path = write_ome(tmp_path / "image.zarr", data["image"], "yx")
+        target = run(data, image_path, tmp_path / "out.zarr", cluster=client)
+    assert flag.exists()
+    assert np.array_equal(target.level0(mode="r")[...], data["reference"])
 
 
 def test_resume_after_interruption_gives_identical_labels(data, client, tmp_path):

@@ -258,3 +258,21 @@ def test_a_header_size_whose_first_byte_looks_like_pickle_still_loads(tmp_path):
             break
     assert path.read_bytes()[:1] == b"\x80"
     assert load_model(path).info.history == model.info.history
+
+
+def test_two_saves_of_one_model_have_the_same_content_digest(tmp_path):
+    """Resuming labels checks the model by this digest: safetensors orders a file's
+    metadata differently on each save, so the files' own hashes may differ."""
+    from napari_unet.model_io import content_sha256
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4, depth=2))
+    first = save_model(model, tmp_path / "a.safetensors")
+    second = save_model(model, tmp_path / "b.safetensors")
+    assert content_sha256(first) == content_sha256(second)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert content_sha256(save_model(model, tmp_path / "c.safetensors")) != content_sha256(first)
+    model.info.postprocess = {"threshold": 0.4}
+    changed = save_model(model, tmp_path / "d.safetensors")
+    assert content_sha256(changed) != content_sha256(tmp_path / "c.safetensors")

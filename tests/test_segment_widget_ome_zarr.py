@@ -1,6 +1,7 @@
 """An OME-Zarr opened in napari (napari-ome-zarr) is segmented from the Segment widget
 block by block into the file's own labels group, equal to ``segment`` on the in-memory
-image, and shown lazily; a name already taken is replaced only after the user agreed.
+image, and shown lazily; a name already taken is replaced only after the user agreed, and
+unfinished labels (a cancelled run) can be continued.
 Other lazy images are labelled into a temporary zarr array, not into memory."""
 
 from __future__ import annotations
@@ -149,9 +150,13 @@ def test_channels_split_by_the_reader_segment_the_whole_ome_zarr_image(
     np.testing.assert_array_equal(labels[...], segment(one_channel, np.asarray(channel.data[0])))
 
 
-def test_cancel_leaves_the_layers_and_the_next_run_asks(
-    make_napari_viewer, qtbot, tmp_path, monkeypatch
+@pytest.mark.parametrize("answer", ["continue", "replace", None])
+def test_cancel_leaves_the_layers_and_the_next_run_offers_to_continue(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch, answer
 ):
+    """Cancelled after its bands were computed, the run leaves unfinished labels; the next
+    run asks whether to continue them (the computed bands are kept: "resuming: 1 of 1"),
+    replace them, or leave them (nothing written)."""
     import threading
 
     from napari_unet import ngff
@@ -167,11 +172,13 @@ def test_cancel_leaves_the_layers_and_the_next_run_asks(
     job = segment_widget.segment_ome_zarr_job
 
     def gated(*args, **kwargs):
-        """The job, held after its first progress report (labels created, none computed)."""
+        """The job, held after its band (the whole image here) was computed."""
         run = job(*args, **kwargs)
-        first = next(run)
+        for item in run:
+            yield item
+            if item[0] >= 1:
+                break
         started.set()
-        yield first
         gate.wait(WAIT_MS / 1000)
         return (yield from run)
 
@@ -184,19 +191,67 @@ def test_cancel_leaves_the_layers_and_the_next_run_asks(
     gate.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert "cancelled" in widget.status.value and list(viewer.layers) == layers
-    assert ngff.labels_exist(path, "unet")  # begun, marked incomplete
-    assert zarr.open_group(str(path / "labels" / "unet")).attrs["napari_unet"]["complete"] is False
+    assert ngff.unfinished_run(path, "unet")  # begun, marked incomplete
 
-    asked = []
+    asked, errors, statuses = [], [], []
+    monkeypatch.setattr(
+        _dialogs, "ask_continue_or_replace", lambda parent, what: asked.append(what) or answer
+    )
+    monkeypatch.setattr(_dialogs, "confirm_replace", lambda *_: pytest.fail("asked to replace"))
+    monkeypatch.setattr(segment_widget, "show_error", errors.append)
+    monkeypatch.setattr(segment_widget, "segment_ome_zarr_job", job)
+    shown = widget._progress
 
-    def agree(parent, what):
-        asked.append(what)
-        return True
+    def progress(item):  # the status line after each report from the job
+        shown(item)
+        statuses.append(widget.status.value)
 
-    monkeypatch.setattr(_dialogs, "confirm_replace", agree)
+    widget._progress = progress
     run(widget, qtbot)
     assert asked == [f"labels/unet in {path}"]
+    if answer is None:
+        assert errors == [f"labels/unet in {path} was left as it was: nothing was written"]
+        assert ngff.unfinished_run(path, "unet") and list(viewer.layers) == layers
+        return
+    assert ("resuming: 1 of 1 bands already done" in statuses) == (answer == "continue")
+    assert not ngff.unfinished_run(path, "unet")
     np.testing.assert_array_equal(read_back(path / "labels" / "unet")[0], segment(model, image))
+
+
+def test_continuing_labels_of_another_model_says_to_replace_them(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    """Unfinished labels of another model: "Continue" fails with one sentence naming what
+    differs, and the labels stay as they were."""
+    from napari_unet import ngff
+    from napari_unet.distributed import segment_dataset_iter
+    from napari_unet.model_io import save_model
+    from napari_unet.widgets import _workers
+
+    image = make_sample((140, 120), n_objects=10, seed=6)[0]
+    path = write_ome(tmp_path / "cells.ome.zarr", image, "yx")
+    model = model_with_stored_postprocessing()
+    other = save_model(model, tmp_path / "other.safetensors")
+    run_other = segment_dataset_iter(path, other, path, cluster="none", threshold=0.3)
+    next(run_other), next(run_other)  # labels created, a band computed, then stopped
+    run_other.close()
+    assert ngff.unfinished_run(path, "unet")
+
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ome-zarr")
+    model_store(viewer).set(model, "test")
+    errors = []
+    monkeypatch.setattr(_dialogs, "ask_continue_or_replace", lambda *_: "continue")
+    monkeypatch.setattr(_workers, "show_error", errors.append)
+    widget = SegmentWidget(viewer)
+    widget.ome_zarr.write.value = True
+    run(widget, qtbot)
+    assert len(errors) == 1 and errors[0].startswith(
+        f"segmentation failed: labels/unet in {path} was begun with another model or other "
+        "settings ("
+    )
+    assert "threshold" in errors[0] and "choose Replace" in errors[0]
+    assert ngff.unfinished_run(path, "unet")
 
 
 def test_test_time_augmentation_when_saving_into_the_ome_zarr(

@@ -27,7 +27,6 @@ removed when the labels are complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -203,7 +202,7 @@ def make_plan(image, model, out, name, channel_axis, block_size, threshold, expa
     import dask
 
     from .inference import SETTINGS, as_planes
-    from .model_io import load_model
+    from .model_io import content_sha256, load_model
     from .models import resolve
     from .normalization import percentile_range
     from .postprocess import Postprocess
@@ -242,7 +241,7 @@ def make_plan(image, model, out, name, channel_axis, block_size, threshold, expa
     if not all(np.isfinite(np.concatenate(r)).all() for r in lo_hi):
         raise ValueError("the image contains NaN or infinite pixels")
     run = {
-        "model_sha256": _sha256(model),
+        "model_sha256": content_sha256(model),  # of the content: saves of one model agree
         "image": str(Path(source.store).resolve() / source.array_path),
         "image_shape": list(source.shape),
         **{k: v for k, v in fixed.items() if k != "device"},
@@ -257,21 +256,14 @@ def make_plan(image, model, out, name, channel_axis, block_size, threshold, expa
     return plan, run
 
 
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_existing(target: ngff.LabelTarget, run: dict, overwrite: bool) -> bool | None:
     """What to do with labels already at ``target``: False (none, or ``overwrite``:
     start afresh), True (complete with this run: nothing to do), "resume" (begun by
     this run).
 
     Raises:
-        ValueError: labels of that name made by another program, model or settings.
+        ValueError: labels of that name made by another program; :class:`OtherRun`: by
+            another model or other settings.
     """
     existing = ngff.existing_run(target)
     where = f"labels/{target.name} in {target.store}"
@@ -286,11 +278,24 @@ def check_existing(target: ngff.LabelTarget, run: dict, overwrite: bool) -> bool
     stored.setdefault("tta", "none")  # written before runs recorded their TTA
     if stored != json.loads(json.dumps(run)):
         changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
-        raise ValueError(
+        raise OtherRun(where, changed)
+    return True if existing.get("complete") else "resume"
+
+
+class OtherRun(ValueError):
+    """Labels of that name were made by another model or other settings.
+
+    Attributes:
+        where: "labels/<name> in <store>".
+        changed: the names of the run settings that differ (e.g. "model", "threshold").
+    """
+
+    def __init__(self, where: str, changed: list[str]) -> None:
+        self.where, self.changed = where, changed
+        super().__init__(
             f"{where} was made by another model or other settings ({', '.join(changed)}); "
             "pass --overwrite to replace it or choose another --name"
         )
-    return True if existing.get("complete") else "resume"
 
 
 # -- clusters ----------------------------------------------------------------------------
@@ -403,7 +408,14 @@ def task_count(plan: Plan) -> int:
 
 
 def _share(client, value):
-    return value if client is None else client.scatter(value, broadcast=True, hash=False)
+    """``value`` for tasks: as it is without a client, else the future of a task that
+    returns it, which dask computes again if every worker holding it dies (scattered
+    data would be lost with them, and the run with it)."""
+    return value if client is None else client.submit(_same, value, pure=False)
+
+
+def _same(value):
+    return value
 
 
 def _map(client, function, plan: Plan, items: list) -> Iterable:
@@ -414,7 +426,7 @@ def _map(client, function, plan: Plan, items: list) -> Iterable:
         return
     from distributed import as_completed
 
-    plan_future = client.scatter(plan, broadcast=True, hash=False)
+    plan_future = _share(client, plan)
     futures = {
         client.submit(function, plan_future, *item, pure=False, retries=1): item for item in items
     }

@@ -22,6 +22,7 @@ before building the network, so a small crafted file cannot claim a huge one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -84,6 +85,21 @@ def save_model(model: UNet, path: str | os.PathLike) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     return path
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a model file's content: its metadata (keys sorted) and its tensors
+    (name, dtype, shape and bytes, in name order). Two saves of one model give the same
+    digest, although safetensors writes the metadata in a different order each time (so
+    the files' own SHA-256 differ)."""
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as file:
+        digest.update(json.dumps(file.metadata() or {}, sort_keys=True).encode())
+        for name in sorted(file.keys()):
+            tensor = file.get_tensor(name).contiguous()
+            digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _as_os_error(error: SafetensorError, path: Path) -> OSError:

@@ -244,10 +244,22 @@ def _format(version: str):
 def existing_run(target: LabelTarget) -> dict | None:
     """The run settings stored with labels already at ``target`` ({} if the group exists
     but was not made by napari-unet; None if there is none)."""
+    return _run_record(target.store, target.group_path)
+
+
+def unfinished_run(store: str | Path, name: str) -> bool:
+    """True when ``labels/<name>`` in the OME-Zarr at ``store`` was begun by napari-unet
+    and not completed (a cancelled or killed run, which the same model and settings
+    continue)."""
+    record = _run_record(str(store), f"labels/{name}")
+    return bool(record) and record.get("complete") is False
+
+
+def _run_record(store: str, group_path: str) -> dict | None:
     import zarr
 
     try:
-        group = zarr.open_group(store=target.store, path=target.group_path, mode="r")
+        group = zarr.open_group(store=store, path=group_path, mode="r")
     except Exception:  # no such group
         return None
     return dict(_ngff_attrs(group).get(RUN_KEY, group.attrs.get(RUN_KEY, {})))

@@ -55,3 +55,24 @@ def confirm_replace(parent: QWidget | None, what: str) -> bool:
         QMessageBox.StandardButton.No,
     )
     return answer == QMessageBox.StandardButton.Yes
+
+
+def ask_continue_or_replace(parent: QWidget | None, what: str) -> str | None:
+    """Ask what to do with ``what`` (unfinished labels, e.g. of a cancelled run):
+    "continue" (the default), "replace", or None (cancel)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    box = QMessageBox(parent)
+    box.setWindowTitle("Unfinished labels")
+    box.setText(
+        f"{what} was begun and not finished. Continue it (the blocks already written are "
+        "kept; the same model and settings are needed) or replace it?"
+    )
+    answers = {
+        box.addButton("Continue", QMessageBox.ButtonRole.AcceptRole): "continue",
+        box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole): "replace",
+        box.addButton(QMessageBox.StandardButton.Cancel): None,
+    }
+    box.setDefaultButton(next(iter(answers)))
+    box.exec()
+    return answers.get(box.clickedButton())

@@ -195,7 +195,7 @@ def temporary_labels(shape: tuple[int, ...]) -> Any:
 
 def segment_ome_zarr_job(
     model: Any, image: str, *, name: str, overwrite: bool, tta: str = "none"
-) -> Generator[tuple[int, int], None, Any]:
+) -> Generator[tuple[int, int] | str, None, Any]:
     """Segment the OME-Zarr image at ``image`` block by block in this process
     (:func:`napari_unet.distributed.segment_dataset_iter`) into its own ``labels/<name>``;
     memory is bounded by the block size. The labels equal
@@ -203,11 +203,13 @@ def segment_ome_zarr_job(
 
     Args:
         model: the in-memory model (saved to a temporary file the blocks load).
-        overwrite: replace labels of that name (the caller asked the user).
+        overwrite: replace labels of that name (the caller asked the user); False
+            continues unfinished labels of the same model and settings.
         tta: test-time augmentation mode (:data:`napari_unet.tta.MODES`).
 
     Yields:
-        (done, total) block tasks.
+        (done, total) block tasks, and one-line notes (str) such as "resuming: 3 of 8
+        bands already done".
 
     Returns:
         The :class:`~napari_unet.ngff.LabelTarget` written.
@@ -215,16 +217,40 @@ def segment_ome_zarr_job(
     import tempfile
     from pathlib import Path
 
-    from ..distributed import segment_dataset_iter
+    from ..distributed import OtherRun, segment_dataset_iter
     from ..model_io import save_model
 
     with tempfile.TemporaryDirectory(prefix="napari-unet-model-") as folder:
         path = save_model(model, Path(folder) / "model.safetensors")
-        return (
-            yield from segment_dataset_iter(
-                image, path, image, name=name, cluster="none", overwrite=overwrite, tta=tta
-            )
-        )
+        notes: list[str] = []
+        run = segment_dataset_iter(
+            image, path, image, name=name, cluster="none", overwrite=overwrite, tta=tta,
+            on_message=notes.append,
+        )  # fmt: skip
+        try:
+            return (yield from _with_notes(run, notes))
+        except OtherRun as error:  # the user chose to continue unfinished labels
+            raise ValueError(
+                f"{error.where} was begun with another model or other settings "
+                f"({', '.join(error.changed)}): segment again and choose Replace, or "
+                "another label name"
+            ) from None
+
+
+def _with_notes(run: Generator, notes: list[str]) -> Generator:
+    """``run``'s items, each preceded by the notes ``run`` appended to ``notes`` since the
+    last one; returns ``run``'s value (closing ``run`` when this is closed)."""
+    try:
+        while True:
+            try:
+                item = next(run)
+            except StopIteration as stop:
+                return stop.value
+            while notes:
+                yield notes.pop(0)
+            yield item
+    finally:
+        run.close()
 
 
 # -- training -----------------------------------------------------------------------------

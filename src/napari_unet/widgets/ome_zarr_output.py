@@ -2,7 +2,8 @@
 File > Open with napari-ome-zarr, or ``viewer.open(path, plugin="napari-ome-zarr")``)
 can have its labels written into the file's own ``labels/<name>`` group, block by block
 (:func:`napari_unet.widgets.jobs.segment_ome_zarr_job`), and shown from there lazily.
-A name already taken is replaced only after the user said yes.
+A name already taken is replaced only after the user said yes; unfinished labels (a
+cancelled run) can be continued instead, keeping the blocks already written.
 """
 
 from __future__ import annotations
@@ -85,7 +86,13 @@ class OmeZarrOutput(Container):
         name = self.label_name.value.strip()
         if not name or "/" in name or name.startswith("."):
             raise BadChoice(f"label name {name!r} must be a plain, non-empty name")
+        where = f"labels/{name} in {source.store}"
+        if ngff.unfinished_run(source.store, name):
+            answer = _dialogs.ask_continue_or_replace(parent, where)
+            if answer is None:
+                raise BadChoice(f"{where} was left as it was: nothing was written")
+            return OmeZarrRequest(source.store, name, overwrite=answer == "replace")
         taken = ngff.labels_exist(source.store, name)
-        if taken and not _dialogs.confirm_replace(parent, f"labels/{name} in {source.store}"):
+        if taken and not _dialogs.confirm_replace(parent, where):
             raise BadChoice(f"labels/{name} exists in {source.store}: nothing was written")
         return OmeZarrRequest(source.store, name, overwrite=taken)

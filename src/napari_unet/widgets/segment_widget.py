@@ -249,7 +249,10 @@ class SegmentWidget(Container):
             self._worker.quit()
 
     # -- worker callbacks (UI thread) -----------------------------------------------------
-    def _progress(self, done_total: tuple[int, int]) -> None:
+    def _progress(self, done_total: tuple[int, int] | str) -> None:
+        if isinstance(done_total, str):  # a note, e.g. how much of a run was done before
+            self.status.value = done_total
+            return
         done, total = done_total
         self.progress.max = max(total, 1)
         self.progress.value = done
