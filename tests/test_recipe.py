@@ -328,3 +328,23 @@ def test_train_widget_auto_start_fine_tunes_the_builtin_model_for_nuclei(
     assert "built-in nuclei" in widget.recipe_info.value
     model = model_store(viewer).model
     assert model.info.training["started_from"] == "nuclei" and close_to_builtin(model)
+
+
+def test_step_timing_is_the_median_of_several_steps_after_warm_up():
+    """The width measurement must not follow one slow step (two steps timed together
+    read the wider network at 6.7 or 9.7 steps/s on the same machine)."""
+    import time
+
+    from napari_unet.train_recipe import median_step_seconds
+
+    durations = iter([0.2, 0.2, 0.01, 0.15, 0.01, 0.01, 0.01] + [0.01] * 100)
+    calls = []
+
+    def step():
+        calls.append(1)
+        time.sleep(next(durations))
+
+    seconds = median_step_seconds(step, steps=5, min_seconds=0.1, warmup=2)
+    assert 0.01 <= seconds < 0.05  # the warm-up (0.2 s) and the outlier (0.15 s) do not count
+    timed = len(calls) - 2
+    assert timed >= 5 and 0.15 + 0.01 * (timed - 1) >= 0.1  # enough steps and seconds

@@ -8,6 +8,7 @@ candidate widths measured on the training device.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 
@@ -24,11 +25,21 @@ WIDTHS = (16, 32)
 
 
 def measure_steps_per_s(
-    settings: TrainSettings, in_channels: int = 1, widths: Sequence[int] = WIDTHS, steps: int = 2
+    settings: TrainSettings,
+    in_channels: int = 1,
+    widths: Sequence[int] = WIDTHS,
+    steps: int = 5,
+    min_seconds: float = 1.0,
 ) -> dict[int, float]:
     """Optimiser steps/s of a network of each width with ``settings`` (tile, batch,
-    depth, device, precision as training will run them), timed over ``steps`` steps
-    after one warm-up step on random data: a few seconds on a CPU."""
+    depth, device, precision as training will run them) on random data: the median of
+    at least ``steps`` steps timed one by one, for at least ``min_seconds``, after two
+    warm-up steps (a few seconds on a CPU).
+
+    Two steps timed together (before) read the wider network on an AMX Xeon at under
+    6.7 steps/s in two runs of three and at 9.7 in the third, so the recipe chose
+    different widths for the same data on the same machine.
+    """
     from .training import make_optimizer, optimizer_step, run_settings
 
     device = choose_device(None if settings.device == "auto" else settings.device)
@@ -50,12 +61,23 @@ def measure_steps_per_s(
             torch.randint(0, 2, (settings.batch_size, out, out), device=device),
             torch.ones(settings.batch_size, out, out, device=device),
         )
-        optimizer_step(model, optimizer, scaler, run, batch)  # warm-up
-        start = time.perf_counter()
-        for _ in range(steps):
-            optimizer_step(model, optimizer, scaler, run, batch)
-        speeds[width] = steps / (time.perf_counter() - start)
+        step = functools.partial(optimizer_step, model, optimizer, scaler, run, batch)
+        speeds[width] = 1.0 / median_step_seconds(step, steps, min_seconds)
     return speeds
+
+
+def median_step_seconds(step, steps: int = 5, min_seconds: float = 1.0, warmup: int = 2) -> float:
+    """Median seconds of ``step()`` over at least ``steps`` calls and ``min_seconds``,
+    after ``warmup`` untimed calls (kernel selection, allocator growth)."""
+    for _ in range(warmup):
+        step()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < steps or time.perf_counter() - start < min_seconds:
+        before = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - before)
+    return float(np.median(times))
 
 
 def measure_shapes(settings: TrainSettings, in_channels: int = 1) -> list[dict]:
