@@ -222,3 +222,40 @@ def test_builtin_model_script_retunes_a_model_without_training_it(tmp_path):
     record = json.loads((tmp_path / "out.json").read_text())
     assert record["retune"].endswith("in.safetensors") and "ap50" in record["held_out"]
     assert record["retuned"]["validation"] == retuned["validation"]
+
+
+def test_bench_keep_stored_smoke(tmp_path):
+    """Each seed reports the grid's choice, the one validation keeps and a held-out
+    score for both; a model without stored settings is refused."""
+    import numpy as np
+    import tifffile
+    import torch
+
+    from napari_unet.config import ModelInfo, UNetConfig
+    from napari_unet.model import UNet
+    from napari_unet.model_io import save_model
+    from napari_unet.sample_data import make_sample
+
+    for folder in ("images", "labels"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for k in range(10):
+        image, labels = make_sample((64, 64), n_objects=5, seed=k)
+        tifffile.imwrite(tmp_path / "data" / "images" / f"{k:02d}.tif", image)
+        tifffile.imwrite(tmp_path / "data" / "labels" / f"{k:02d}.tif", labels.astype(np.int32))
+    out = tmp_path / "keep.json"
+    done = run_script("bench_keep_stored.py", "--data", str(tmp_path / "data"),
+                      "--seeds", "0", "1", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for r in runs:
+        assert set(r["kept"]) == set(r["grid"]) == {"threshold", "expand", "min_size"}
+        assert 0 <= r["held_out_grid"] <= 1 and 0 <= r["held_out_kept"] <= 1
+        assert r["win_rate"] is None or 0 <= r["win_rate"] <= 1
+
+    torch.manual_seed(0)
+    bare = save_model(UNet(UNetConfig(base_channels=4, depth=2), ModelInfo()),
+                      tmp_path / "bare.safetensors")  # fmt: skip
+    refused = run_script("bench_keep_stored.py", "--data", str(tmp_path / "data"),
+                         "--model", str(bare))  # fmt: skip
+    assert refused.returncode == 2 and "stores no tuned post-processing" in refused.stderr

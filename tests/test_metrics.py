@@ -204,7 +204,7 @@ def test_bootstrap_win_rate_says_how_often_a_lead_survives_resampling_the_images
     truths = [squares() for _ in range(10)]
     spurious = squares(boxes=((2, 2, 10), (20, 5, 10), (5, 25, 12), (30, 30, 5)))
     everywhere = [spurious] * 10  # one false object on every image
-    once = [spurious] + truths[1:]  # ... on the first image only
+    once = [spurious, *truths[1:]]  # ... on the first image only
 
     def rate(metric, candidate, incumbent):
         parts = [image_parts(metric, truths, labels) for labels in (candidate, incumbent)]

@@ -184,10 +184,9 @@ def tune_instances(
 
 def keep_unless_clearly_beaten(
     foreground: Sequence[np.ndarray],
-    truths: Sequence[np.ndarray],
     tuned: Postprocess,
     incumbent: Postprocess | None,
-    win_rate: Callable[[list[np.ndarray], list[np.ndarray], list[np.ndarray]], float],
+    win_rate: Callable[[list[np.ndarray], list[np.ndarray]], float],
     *,
     confidence: float = SWITCH_CONFIDENCE,
 ) -> Postprocess:
@@ -196,14 +195,13 @@ def keep_unless_clearly_beaten(
     images before it was fine-tuned; None: take ``tuned``).
 
     The best of 75 settings on a few validation images wins partly by chance: on 24
-    DSB images the built-in model's 20 px smallest object lost to 10 px for two seeds
-    of six, although 10 px scores 0.011 lower on 85 held-out images (docs/training.md).
+    DSB images the built-in model's stored settings lost to others for three seeds of
+    six, although those score 0.011-0.024 lower on 85 held-out images (docs/training.md).
 
     Args:
         foreground: foreground probabilities (Y, X) per validation image.
-        truths: their ground-truth labels.
-        win_rate: ``win_rate(truths, candidate_labels, incumbent_labels)``: the share
-            of bootstrap resamples of the images in which the candidate scores higher
+        win_rate: ``win_rate(candidate_labels, incumbent_labels)``: the share of
+            bootstrap resamples of the images in which the candidate scores higher
             (:func:`napari_unet.metrics.bootstrap_win_rate`).
         confidence: the share ``tuned`` must reach to replace ``incumbent``.
     """
@@ -211,7 +209,7 @@ def keep_unless_clearly_beaten(
         return tuned
     candidate = [tuned.instances(p) for p in foreground]
     kept = [incumbent.instances(p) for p in foreground]
-    return tuned if win_rate(list(truths), candidate, kept) >= confidence else incumbent
+    return tuned if win_rate(candidate, kept) >= confidence else incumbent
 
 
 def without_settings(metrics: dict[str, float]) -> dict[str, float]:

@@ -55,8 +55,9 @@ def tune_postprocess(
 ) -> dict[str, float]:
     """Instance threshold, smallest object and growth that score best by ``select_by``
     on validation planes (see :func:`napari_unet.postprocess.tune_instances`), or
-    ``incumbent`` where that choice does not beat it in 90 % of bootstrap resamples
-    of the planes; with the metrics there."""
+    ``incumbent`` where that choice does not beat it in a share
+    :data:`~napari_unet.postprocess.SWITCH_CONFIDENCE` of bootstrap resamples of the
+    planes; with the metrics there."""
     data = ValidationSet.of(predictor, planes)
     foreground = [p[1] for p in data.probabilities]
     found = tune_instances(  # each choice is scored by the selecting metric alone
@@ -65,8 +66,8 @@ def tune_postprocess(
         lambda truths, preds: score(data.scores(preds, only=select_by), select_by),
     )
     post = keep_unless_clearly_beaten(
-        foreground, data.truths, Postprocess.of_tuned(found), incumbent,
-        lambda truths, ours, theirs: metrics.bootstrap_win_rate(
+        foreground, Postprocess.of_tuned(found), incumbent,
+        lambda ours, theirs: metrics.bootstrap_win_rate(
             select_by, data.parts(select_by, ours), data.parts(select_by, theirs)
         ),
     )  # fmt: skip
