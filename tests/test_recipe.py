@@ -75,6 +75,7 @@ def test_width_follows_the_measured_speed_and_the_budget():
     stats = describe_annotation([make_nuclei(seed=0)[1]])
     slow = choose_recipe(stats, steps_per_s={16: 3.0, 32: 1.2}, minutes=10)
     assert slow.changes["base_channels"] == 16 and "would not get" in slow.summary()
+    assert "the wider network trains at 1.2 steps/s here" in slow.summary()
     fast = choose_recipe(stats, steps_per_s={16: 30.0, 32: 12.0}, minutes=10)
     assert fast.changes["base_channels"] == 32 and "12.0 steps/s" in fast.summary()
 

@@ -293,6 +293,11 @@ def _width_for(steps_per_s: dict[int, float], minutes: float) -> tuple[int, str]
             f"this machine trains the wider network at {wide:.1f} steps/s: "
             f"32 base channels ({wide * minutes * 60:.0f} steps in {minutes:g} min)"
         )
+    if wide is not None:
+        return 16, (
+            f"16 base channels: the wider network trains at {wide:.1f} steps/s here and "
+            f"would not get {WIDE_MIN_STEPS} steps in {minutes:g} min"
+        )
     speed = f"{narrow:.1f} steps/s" if narrow else "its measured speed"
     return 16, (
         f"16 base channels: at {speed} a wider network would not get {WIDE_MIN_STEPS} steps "
