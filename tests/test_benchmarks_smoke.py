@@ -33,6 +33,21 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def write_sample_folder(root: Path, count: int = 10) -> None:
+    """``root/images`` and ``root/labels``: ``count`` generated 64 x 64 TIFF pairs."""
+    import numpy as np
+    import tifffile
+
+    from napari_unet.sample_data import make_sample
+
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    for k in range(count):
+        image, labels = make_sample((64, 64), n_objects=5, seed=k)
+        tifffile.imwrite(root / "images" / f"{k:02d}.tif", image)
+        tifffile.imwrite(root / "labels" / f"{k:02d}.tif", labels.astype(np.int32))
+
+
 def test_bench_memory_smoke(tmp_path):
     out = tmp_path / "memory.json"
     done = run_script("bench_memory.py", "--smoke", "--json", str(out))
@@ -179,21 +194,13 @@ def test_builtin_model_script_retunes_a_model_without_training_it(tmp_path):
     """``scripts/train_builtin_nuclei.py --retune`` on a tiny data folder: the weights
     and the training record stay, the post-processing is tuned again (now with the
     smallest object kept) and what it replaced is recorded."""
-    import numpy as np
-    import tifffile
     import torch
 
     from napari_unet.config import ModelInfo, UNetConfig
     from napari_unet.model import UNet
     from napari_unet.model_io import load_model, save_model
-    from napari_unet.sample_data import make_sample
 
-    for folder in ("images", "labels"):
-        (tmp_path / "data" / folder).mkdir(parents=True)
-    for k in range(10):
-        image, labels = make_sample((64, 64), n_objects=5, seed=k)
-        tifffile.imwrite(tmp_path / "data" / "images" / f"{k:02d}.tif", image)
-        tifffile.imwrite(tmp_path / "data" / "labels" / f"{k:02d}.tif", labels.astype(np.int32))
+    write_sample_folder(tmp_path / "data")
     torch.manual_seed(0)
     info = ModelInfo(
         postprocess={"threshold": 0.5, "expand": 1},  # as saved before min_size was tuned
@@ -227,21 +234,13 @@ def test_builtin_model_script_retunes_a_model_without_training_it(tmp_path):
 def test_bench_keep_stored_smoke(tmp_path):
     """Each seed reports the grid's choice, the one validation keeps and a held-out
     score for both; a model without stored settings is refused."""
-    import numpy as np
-    import tifffile
     import torch
 
     from napari_unet.config import ModelInfo, UNetConfig
     from napari_unet.model import UNet
     from napari_unet.model_io import save_model
-    from napari_unet.sample_data import make_sample
 
-    for folder in ("images", "labels"):
-        (tmp_path / "data" / folder).mkdir(parents=True)
-    for k in range(10):
-        image, labels = make_sample((64, 64), n_objects=5, seed=k)
-        tifffile.imwrite(tmp_path / "data" / "images" / f"{k:02d}.tif", image)
-        tifffile.imwrite(tmp_path / "data" / "labels" / f"{k:02d}.tif", labels.astype(np.int32))
+    write_sample_folder(tmp_path / "data")
     out = tmp_path / "keep.json"
     done = run_script("bench_keep_stored.py", "--data", str(tmp_path / "data"),
                       "--seeds", "0", "1", "--json", str(out))  # fmt: skip
