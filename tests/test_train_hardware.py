@@ -123,7 +123,7 @@ def test_a_hopeless_candidate_runs_one_step_only(monkeypatch):
     CPU took 7.6 s a step where bf16 took 34 ms) is not stepped again."""
     bench = train_hardware._StepBench(UNet(UNetConfig(base_channels=4, depth=2)), CPU, None)
     steps = []
-    monkeypatch.setattr(bench, "_step", lambda settings, tile: lambda: steps.append(tile))
+    monkeypatch.setattr(bench, "step_for", lambda settings, tile: lambda: steps.append(tile))
     settings = RunSettings("fp32", False, 92, 1)
     bench._seconds(settings, 92, slower_than=1e-9)
     assert len(steps) == 1

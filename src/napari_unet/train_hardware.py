@@ -145,6 +145,15 @@ def _explain(formats: list[dict], shapes: list[dict]) -> str:
     return f"training step: {steps}; output Mpx/s: {rates}"
 
 
+def optimizer_step_function(
+    model: torch.nn.Module, device: torch.device, settings: RunSettings, tile: int
+):
+    """``step()``: one optimiser step of a copy of ``model`` as this measurement times it
+    (Adam, a smooth test batch of ``settings.batch_size`` tiles of ``tile`` px, finished
+    on the device); :func:`napari_unet.train_recipe.measure_steps_per_s` times it too."""
+    return _StepBench(model, device, None).step_for(settings, tile)
+
+
 class _StepBench(hardware._Bench):
     """Times optimiser steps (forward, weighted loss, backward, Adam) of a model copy."""
 
@@ -155,7 +164,7 @@ class _StepBench(hardware._Bench):
     def _seconds(self, settings: RunSettings, tile: int, slower_than: float | None) -> float:
         if self.timer is not None:
             return self.timer(settings, tile)
-        step = self._step(settings, tile)
+        step = self.step_for(settings, tile)
         start = time.perf_counter()
         step()  # warm-up: allocations, kernel selection
         first = time.perf_counter() - start
@@ -170,7 +179,9 @@ class _StepBench(hardware._Bench):
                 break  # long steps: one is enough
         return min(times)
 
-    def _step(self, settings: RunSettings, tile: int):
+    def step_for(self, settings: RunSettings, tile: int):
+        """``step()``: one optimiser step on ``settings.batch_size`` tiles of ``tile`` px
+        with ``settings``' precision and memory format, finished on the device."""
         from .train_settings import TrainSettings
         from .training import make_optimizer, optimizer_step
 

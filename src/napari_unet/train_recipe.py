@@ -8,12 +8,11 @@ candidate widths measured on the training device.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import time
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from .devices import choose_device
 from .model import UNet
@@ -32,36 +31,28 @@ def measure_steps_per_s(
     min_seconds: float = 1.0,
 ) -> dict[int, float]:
     """Optimiser steps/s of a network of each width with ``settings`` (tile, batch,
-    depth, device, precision as training will run them) on random data: the median of
-    at least ``steps`` steps timed one by one, for at least ``min_seconds``, after two
-    warm-up steps (a few seconds on a CPU).
+    depth, device, precision as training will run them), the step the training
+    measurement times (:func:`napari_unet.train_hardware.optimizer_step_function`: Adam
+    on a test batch, finished on the device): the median of at least ``steps`` steps
+    timed one by one, for at least ``min_seconds``, after two warm-up steps (a few
+    seconds on a CPU).
 
     Two steps timed together (before) read the wider network on an AMX Xeon at under
     6.7 steps/s in two runs of three and at 9.7 in the third, so the recipe chose
     different widths for the same data on the same machine.
     """
-    from .training import make_optimizer, optimizer_step, run_settings
+    from .train_hardware import optimizer_step_function
+    from .training import run_settings
 
     device = choose_device(None if settings.device == "auto" else settings.device)
-    size = settings.tile_size
     # the run settings measured for the preset's width serve all widths (measuring
     # inference again for each would cost more than the training steps timed here)
     run = run_settings(UNet(settings.config(in_channels)), device, settings)
+    run = dataclasses.replace(run, batch_size=settings.batch_size)
     speeds = {}
     for width in widths:
-        model = UNet(settings.replace(base_channels=width).config(in_channels)).to(device)
-        model = model.to(memory_format=run.memory_format).train()
-        optimizer = make_optimizer(model, settings)
-        scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
-        out = model.config.output_size(size)
-        batch = (
-            torch.rand(settings.batch_size, in_channels, size, size, device=device).contiguous(
-                memory_format=run.memory_format
-            ),
-            torch.randint(0, 2, (settings.batch_size, out, out), device=device),
-            torch.ones(settings.batch_size, out, out, device=device),
-        )
-        step = functools.partial(optimizer_step, model, optimizer, scaler, run, batch)
+        model = UNet(settings.replace(base_channels=width).config(in_channels))
+        step = optimizer_step_function(model, device, run, settings.tile_size)
         speeds[width] = 1.0 / median_step_seconds(step, steps, min_seconds)
     return speeds
 
